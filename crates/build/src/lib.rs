@@ -1,0 +1,1 @@
+//! `nixnest-build`: building derivations in a Linux sandbox.

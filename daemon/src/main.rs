@@ -1,0 +1,6 @@
+//! `nixnest-daemon`: entry point.
+
+fn main() {
+    eprintln!("nixnest-daemon: not yet serving");
+    std::process::exit(1);
+}

@@ -1,0 +1,1 @@
+//! `nixnest-store`: the local Nix store on disk and in SQLite.
