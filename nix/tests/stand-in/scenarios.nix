@@ -10,6 +10,17 @@ let
   pkgs = import ./pkgs.nix;
   evalModules = import ./eval-modules.nix { inherit lib; };
 
+  # A drop-in as NixOS writes one for a unit that comes from a package: one `Key=value` line per
+  # value, a list giving one line per element (so [ "" x ] first resets the key).
+  dropIn = name: section: settings:
+    let
+      value = v: if builtins.isBool v then (if v then "true" else "false") else toString v;
+      lines = key: map (v: "${key}=${value v}\n")
+        (if builtins.isList settings.${key} then settings.${key} else [ settings.${key} ]);
+    in
+    builtins.toFile name ("[${section}]\n"
+      + builtins.concatStringsSep "" (builtins.concatMap lines (builtins.attrNames settings)));
+
   scenario = userConfig:
     let
       inherit (evalModules {
@@ -26,8 +37,10 @@ let
       fileDescriptorName = socket.socketConfig.FileDescriptorName or null;
       nixPackage = config.nix.package;
       nixSettings = config.nix.settings;
-      # Needs --read-write-mode: writes the rendered nix.conf to the (throwaway) store.
+      # These need --read-write-mode: they write files to the (throwaway) store.
       nixConfFile = builtins.toFile "nix.conf" config.environment.etc."nix/nix.conf".text;
+      serviceDropIn = dropIn "nix-daemon.service" "Service" (service.serviceConfig or { });
+      socketDropIn = dropIn "nix-daemon.socket" "Socket" (socket.socketConfig or { });
       systemPackages = config.environment.systemPackages;
       failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
     };
