@@ -769,7 +769,7 @@ fn module_seed_passes_its_nixnest_only_setting_outside_nix_conf() {
 }
 
 #[test]
-fn module_quotes_nixnest_settings_so_systemd_reads_them_back() {
+fn module_quotes_nixnest_settings_for_systemd() {
     let Some(nix) = StandIn::new() else {
         return;
     };
@@ -810,8 +810,21 @@ fn module_quotes_nixnest_settings_so_systemd_reads_them_back() {
         rendered.starts_with("[Service]\nExecStart=\nExecStart="),
         "{rendered}"
     );
-    let complaints = verify_units(&analyze, &[socket, service]);
+    // systemd accepts the quoting and escapes. (Seeing the argv it makes of them would need a
+    // running service manager, which this machine lacks.)
+    let units = [socket, service.clone()];
+    let complaints = verify_units(&analyze, &units);
     assert!(complaints.is_empty(), "{}", complaints.join("\n"));
+
+    // The check notices broken quoting, so the pass above means something.
+    let unbalanced = rendered.replacen("$$HOME\"", "$$HOME", 1);
+    assert_ne!(unbalanced, rendered);
+    fs::write(&service, unbalanced).unwrap();
+    let complaints = verify_units(&analyze, &units);
+    assert!(
+        complaints.iter().any(|c| c.contains("quoting")),
+        "{complaints:?}"
+    );
 }
 
 /// NixOS's nix.checkConfig, with the host's Nix: `nix show-config` on a nix.conf, every warning
