@@ -5,13 +5,15 @@
 
 mod nar_support;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nar_support::{Tree, encode, list_tree, make_writable, materialise, toks};
 use nixnest_core::nar::{
-    MAX_DEPTH, Malformation, NarError, canonicalise_path_metadata, dump_path, restore,
+    MAX_DEPTH, Malformation, NarError, NarReader, canonicalise_path_metadata, dump_path, restore,
+    restore_at,
 };
 
 /// A temporary directory holding `sandbox/` (where targets go) and `outside/` (which must
@@ -347,4 +349,36 @@ fn restore_reports_format_errors_with_their_entry() {
         "{err}"
     );
     assert!(err.to_string().contains("'/a'"), "{err}");
+}
+
+#[test]
+fn restore_at_works_relative_to_a_directory_fd() {
+    use std::os::fd::AsFd;
+    let f = Fixture::new();
+    let sandbox = fs::File::open(f.tmp.path().join("sandbox")).unwrap();
+    let nar = encode(&Tree::Symlink(b"../outside/precious".to_vec()));
+
+    let mut reader = NarReader::new(nar.as_slice());
+    restore_at(&mut reader, sandbox.as_fd(), OsStr::new("out")).unwrap();
+    assert!(reader.is_done());
+    assert!(fs::symlink_metadata(f.target()).unwrap().is_symlink());
+    f.assert_contained("restore_at");
+
+    for bad in ["", ".", "..", "a/b", "/abs"] {
+        let mut reader = NarReader::new(nar.as_slice());
+        let err = restore_at(&mut reader, sandbox.as_fd(), OsStr::new(bad)).unwrap_err();
+        assert!(matches!(err, NarError::BadTarget { .. }), "{bad:?}: {err}");
+    }
+
+    // A reader that is already inside a NAR would start with a bare entry: refused.
+    let dir = encode(&Tree::Dir(
+        [(b"x".to_vec(), Tree::Symlink(b"y".to_vec()))]
+            .into_iter()
+            .collect(),
+    ));
+    let mut reader = NarReader::new(dir.as_slice());
+    reader.next().unwrap();
+    let err = restore_at(&mut reader, sandbox.as_fd(), OsStr::new("other")).unwrap_err();
+    assert!(matches!(err, NarError::OutOfOrder(_)), "{err}");
+    f.assert_contained("restore_at mid-stream");
 }

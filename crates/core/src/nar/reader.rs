@@ -75,7 +75,17 @@ struct OpenDir {
     in_entry: bool,
 }
 
-/// Streaming NAR parser. See the [module documentation](self).
+/// Streaming NAR parser: call [`next`](Self::next) until it returns `None`.
+///
+/// Every read is exact: the parser asks its input for precisely the bytes of the next
+/// token (or at most the caller's buffer of file contents), so it never consumes a byte
+/// past the archive's final `)` and the input is left positioned just after the NAR. It
+/// does no buffering of its own: wrap an unbuffered source in a `BufReader` when the
+/// bytes after the NAR do not matter, keep it unbuffered when they belong to someone else.
+///
+/// Every rule of the [NAR format](super) is checked, each length word against its bound
+/// before anything is allocated, and nesting costs one small frame per directory (no
+/// recursion), so hostile input is cheap to reject.
 #[derive(Debug)]
 pub struct NarReader<R> {
     input: R,

@@ -16,7 +16,7 @@
 //! # Permissions
 //!
 //! Objects are created owner-writable: files 0644 (0755 when executable), directories
-//! 0755, independent of the umask. Making them read-only with mtime 1 is a separate step,
+//! 0755 (0700 while they are being filled), independent of the umask. Making them read-only with mtime 1 is a separate step,
 //! [`canonicalise_path_metadata`], because the store may still have to rewrite or move
 //! the tree (e.g. to rewrite self-references) before freezing it. Ownership and extended
 //! attributes are store policy and are not touched here.
@@ -48,13 +48,18 @@ pub fn restore(input: impl Read, target: &Path) -> Result<u64, NarError> {
 }
 
 /// Restore the NAR read by `nar` as `name` inside the directory `dir`. `name` must be a
-/// single path component that does not exist in `dir`. On success the reader is
-/// [done](NarReader::is_done).
+/// single path component that does not exist in `dir`, and `nar` a fresh reader. On
+/// success the reader is [done](NarReader::is_done).
 pub fn restore_at<R: Read>(
     nar: &mut NarReader<R>,
     dir: BorrowedFd<'_>,
     name: &OsStr,
 ) -> Result<(), NarError> {
+    if nar.position() != 0 {
+        return Err(NarError::OutOfOrder(
+            "restore needs a reader at the start of a NAR",
+        ));
+    }
     if check_name(name.as_bytes()).is_some() {
         return Err(NarError::BadTarget {
             path: PathBuf::from(name),

@@ -627,6 +627,14 @@ fn copy_nar_reproduces_the_input_and_stops_at_its_end() {
     assert_eq!(out, nar);
     assert_eq!(source, b"trailing");
 
+    // An error inside the contents comes back typed through the writer's `Read` use.
+    let hello = unhex(HELLO_NAR_HEX);
+    let err = copy_nar(&hello[..0x65], Vec::new()).unwrap_err();
+    assert!(
+        matches!(err, NarError::UnexpectedEof { offset: 0x65, .. }),
+        "{err:?}"
+    );
+
     let mut bad = unhex(HELLO_NAR_HEX);
     bad[0x6d] = 1; // padding after "hello world\n"
     let err = copy_nar(bad.as_slice(), Vec::new()).unwrap_err();

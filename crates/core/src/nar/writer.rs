@@ -37,7 +37,14 @@ struct OpenDir {
     last: Option<Vec<u8>>,
 }
 
-/// Streaming NAR encoder. See the [module documentation](self).
+/// Streaming NAR encoder.
+///
+/// A node is written with [`regular`](Self::regular), [`symlink`](Self::symlink), or
+/// [`directory`](Self::directory) followed by any number of [`entry`](Self::entry) + node
+/// and then [`end`](Self::end) — the same shape as [`NarEvent`](super::NarEvent). The writer
+/// emits the parentheses itself and refuses anything the reader would reject (invalid or
+/// unsorted names, invalid targets, nesting beyond [`MAX_DEPTH`]), so its output always
+/// parses. Tokens go to the sink in small pieces: give it a buffered sink.
 #[derive(Debug)]
 pub struct NarWriter<W> {
     out: W,
