@@ -4,3 +4,4 @@
 //! dumper/restorer, which touch the file system through explicit directory handles).
 //! Higher layers (`nixnest-protocol`, `nixnest-store`) build on these types; nothing here
 //! depends on them.
+pub mod nar;
