@@ -9,7 +9,8 @@
 //!
 //! 1. bind the chroot onto itself, so it is a mount point `pivot_root` can use;
 //! 2. mount `proc` (of the caller's PID namespace), rbind the host `/dev`, mount fresh tmpfs
-//!    on `/tmp` (mode 1777) and `/run` (0755), bind the host's `/etc/passwd` and `/etc/group`
+//!    on `/tmp` (mode 1777) and `/run` (0755, with an empty `/run/nix-builds` for daemons'
+//!    `build-dir`), bind the host's `/etc/passwd` and `/etc/group`
 //!    over the chroot's (so test users, `nixbld` and build-user groups resolve the same way
 //!    inside — a snapshot: users created later are not seen by an already running process);
 //! 3. for each directory to share (all under `/tmp`, so the mount point is created in the
@@ -37,6 +38,7 @@ mount -t proc proc "$new_root/proc"
 mount --rbind /dev "$new_root/dev"
 mount -t tmpfs -o mode=1777 tmpfs "$new_root/tmp"
 mount -t tmpfs -o mode=0755 tmpfs "$new_root/run"
+mkdir "$new_root/run/nix-builds"
 mount --bind /etc/passwd "$new_root/etc/passwd"
 mount --bind /etc/group "$new_root/etc/group"
 while [ "$1" != -- ]; do

@@ -10,6 +10,7 @@
 //! | `HOME`, `XDG_{CACHE,CONFIG,DATA,STATE}_HOME` | a per-user home inside the test root |
 //! | `NIX_PATH` | empty (no channels, no `<nixpkgs>`) |
 //! | `PATH` | `/usr/bin:/bin:/usr/sbin:/sbin` (inside the chroot for chroot clients) |
+//! | `NIX_CONFIG` | chroot clients in local mode only: `build-dir = /run/nix-builds` |
 //!
 //! Nothing else of the caller's environment leaks in. The client also needs the store
 //! variables in daemon mode: the store dir is client-side configuration (the daemon never
@@ -233,6 +234,11 @@ impl<'s> Nix<'s> {
             .env("XDG_DATA_HOME", home.join(".local/share"))
             .env("XDG_STATE_HOME", home.join(".local/state"))
             .env("NIX_REMOTE", self.nix_remote());
+        if self.client != Client::Host && self.remote == Remote::Local {
+            // Building locally with build users, Nix ≥ 2.26 refuses a build dir below a
+            // world-writable directory; the default one is in the state dir under /tmp.
+            cmd.env("NIX_CONFIG", "build-dir = /run/nix-builds");
+        }
         if let Some(user) = &self.user {
             cmd.env("USER", &user.name).env("LOGNAME", &user.name);
         } else {

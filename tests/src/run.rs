@@ -47,6 +47,10 @@ pub trait RunExt {
     /// Runs the command and returns whatever happened; panics only on timeout or if the
     /// program cannot be started.
     fn run_unchecked(&mut self) -> Output;
+
+    /// Like [`RunExt::run_unchecked`] with a timeout of its own instead of
+    /// [`command_timeout`].
+    fn run_within(&mut self, timeout: Duration) -> Output;
 }
 
 impl RunExt for Command {
@@ -56,7 +60,7 @@ impl RunExt for Command {
     }
 
     fn run_output(&mut self) -> Output {
-        let out = run_command(self, None);
+        let out = run_command(self, None, command_timeout());
         if !out.status.success() {
             panic!("{}", report(self, "command failed", &out));
         }
@@ -64,7 +68,7 @@ impl RunExt for Command {
     }
 
     fn run_with_input(&mut self, input: &[u8]) -> Output {
-        let out = run_command(self, Some(input));
+        let out = run_command(self, Some(input), command_timeout());
         if !out.status.success() {
             panic!("{}", report(self, "command failed", &out));
         }
@@ -72,7 +76,7 @@ impl RunExt for Command {
     }
 
     fn run_failure(&mut self) -> Output {
-        let out = run_command(self, None);
+        let out = run_command(self, None, command_timeout());
         if out.status.success() {
             panic!(
                 "{}",
@@ -83,13 +87,17 @@ impl RunExt for Command {
     }
 
     fn run_unchecked(&mut self) -> Output {
-        run_command(self, None)
+        run_command(self, None, command_timeout())
+    }
+
+    fn run_within(&mut self, timeout: Duration) -> Output {
+        run_command(self, None, timeout)
     }
 }
 
 /// Runs `cmd` with captured output, feeding `input` (or nothing) on stdin, and kills its
-/// process group when [`command_timeout`] expires.
-fn run_command(cmd: &mut Command, input: Option<&[u8]>) -> Output {
+/// process group when `timeout` expires.
+fn run_command(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     cmd.stdin(if input.is_some() {
         Stdio::piped()
     } else {
@@ -115,7 +123,6 @@ fn run_command(cmd: &mut Command, input: Option<&[u8]>) -> Output {
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
 
-    let timeout = command_timeout();
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     let status = loop {

@@ -128,6 +128,11 @@ fn clients_add_through_host_daemon() {
 }
 
 #[test]
+fn clients_add_through_trixie_daemon() {
+    clients_add_through(Client::Trixie);
+}
+
+#[test]
 fn clients_add_through_sid_daemon() {
     clients_add_through(Client::Sid);
 }
@@ -209,6 +214,11 @@ fn sandboxed_build_through(daemon_client: Client, users: BuildUsers) {
 #[test]
 fn busybox_derivation_builds_in_host_daemon_sandbox() {
     sandboxed_build_through(Client::Host, BuildUsers::nixbld());
+}
+
+#[test]
+fn busybox_derivation_builds_in_trixie_daemon_sandbox() {
+    sandboxed_build_through(Client::Trixie, BuildUsers::private(2));
 }
 
 #[test]
@@ -326,4 +336,33 @@ fn run_feeds_input_and_captures_output() {
         .args(["a-z", "A-Z"])
         .run_with_input(b"shout\n");
     assert_eq!(out.stdout, b"SHOUT\n");
+}
+
+#[test]
+#[should_panic(expected = "command timed out after 200ms: sleep 30")]
+fn run_kills_a_command_that_hangs() {
+    std::process::Command::new("sleep")
+        .arg("30")
+        .run_within(std::time::Duration::from_millis(200));
+}
+
+#[test]
+fn chroot_clients_build_locally_in_sandbox() {
+    for client in [Client::Trixie, Client::Sid] {
+        let store = TestStore::builder()
+            .sandbox(true)
+            .build_users(BuildUsers::private(1))
+            .build();
+        let expr = store.write_expr(
+            "local.nix",
+            &Derivation::new("local", "id -u > $out").to_nix(),
+        );
+        let out = store
+            .client(client)
+            .command("nix-build")
+            .arg(&expr)
+            .arg("--no-out-link")
+            .run();
+        assert_eq!(std::fs::read_to_string(out).unwrap(), "1000\n", "{client}");
+    }
 }
