@@ -105,6 +105,14 @@ impl DaemonSpec {
         }
     }
 
+    /// Renames it (for the log file `<root>/logs/<name>.log`) and moves its socket to
+    /// `<root>/s/<name>.sock`: for a second daemon of the same kind on one store.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        let socket = self.store.socket_path(name);
+        self.socket(socket)
+    }
+
     /// Appends a command-line argument.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.argv.push(arg.as_ref().to_owned());

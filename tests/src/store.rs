@@ -155,6 +155,11 @@ impl TestStore {
         self.root().join("var/nix")
     }
 
+    /// The SQLite database, `<state dir>/db/db.sqlite` (exists once a store was opened).
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir().join("db/db.sqlite")
+    }
+
     /// The log dir (`NIX_LOG_DIR`), `<root>/var/log/nix`.
     pub fn log_dir(&self) -> PathBuf {
         self.root().join("var/log/nix")

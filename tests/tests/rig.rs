@@ -24,7 +24,7 @@ fn host_client_adds_to_local_store() {
     let path = store.nix("nix-store").arg("--add").arg(&file).run();
     assert_store_path(&store, &path, "hello.txt");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello world\n");
-    assert!(store.state_dir().join("db/db.sqlite").exists());
+    assert!(store.db_path().exists());
     // The NAR hash of a regular file `hello world\n` (spec appendix B: sha256 34ca3ac6…).
     let hash = store.nix("nix-store").args(["-q", "--hash", &path]).run();
     assert_eq!(
@@ -233,33 +233,35 @@ fn users_are_allowed_or_refused_by_the_daemon() {
     let store = TestStore::builder()
         .conf("allowed-users = @nixnest-users")
         .build();
-    let daemon = store.nix_daemon(Client::Host).start();
     let file = store.write("user.txt", "from a user\n");
-    for client in Client::ALL {
-        let path = store
-            .client(client)
-            .daemon(&daemon)
-            .user(&allowed)
-            .command("nix-store")
-            .arg("--add")
-            .arg(&file)
-            .run();
-        assert_store_path(&store, &path, "user.txt");
-        store
-            .client(client)
-            .daemon(&daemon)
-            .user(&denied)
-            .command("nix-store")
-            .arg("--add")
-            .arg(&file)
-            .run_failure();
+    for daemon_client in [Client::Host, Client::Sid] {
+        let daemon = store.nix_daemon(daemon_client).start();
+        for client in Client::ALL {
+            let path = store
+                .client(client)
+                .daemon(&daemon)
+                .user(&allowed)
+                .command("nix-store")
+                .arg("--add")
+                .arg(&file)
+                .run();
+            assert_store_path(&store, &path, "user.txt");
+            store
+                .client(client)
+                .daemon(&daemon)
+                .user(&denied)
+                .command("nix-store")
+                .arg("--add")
+                .arg(&file)
+                .run_failure();
+        }
+        let log = daemon.log();
+        assert!(log.contains("user nixnest-user"), "{log}");
+        assert!(
+            log.contains("user 'nixnest-denied' is not allowed to connect"),
+            "{log}"
+        );
     }
-    let log = daemon.log();
-    assert!(log.contains("user nixnest-user"), "{log}");
-    assert!(
-        log.contains("user 'nixnest-denied' is not allowed to connect"),
-        "{log}"
-    );
 }
 
 #[test]
@@ -295,16 +297,48 @@ fn private_build_users_are_exclusive() {
 #[test]
 fn dropping_a_daemon_kills_it() {
     let store = TestStore::new();
-    for client in [Client::Host, Client::Sid] {
-        let daemon = store.nix_daemon(client).start();
+    let daemons = [
+        store.nix_daemon(Client::Host),
+        store.nix_daemon(Client::Sid),
+        // The generic way (as for nixnest-daemon), without a PID namespace.
+        store.daemon("plain", "nix-daemon").isolate_pids(false),
+    ];
+    for spec in daemons {
+        let daemon = spec.start();
         let pid = daemon.main_pid();
         let socket = daemon.socket().to_owned();
-        assert!(Path::new(&format!("/proc/{pid}")).exists());
-        assert!(daemon::is_listening(&socket));
+        let name = daemon.name().to_owned();
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "{name}");
+        assert!(daemon::is_listening(&socket), "{name}");
         drop(daemon);
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{client}");
-        assert!(!daemon::is_listening(&socket), "{client}");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{name}");
+        assert!(!daemon::is_listening(&socket), "{name}");
     }
+}
+
+#[test]
+fn two_daemons_serve_one_store() {
+    let store = TestStore::new();
+    let first = store.nix_daemon(Client::Host).start();
+    let second = store.nix_daemon(Client::Host).name("second").start();
+    assert_ne!(first.socket(), second.socket());
+    let file = store.write("twice.txt", "twice\n");
+    let a = store
+        .client(Client::Host)
+        .daemon(&first)
+        .command("nix-store")
+        .arg("--add")
+        .arg(&file)
+        .run();
+    let b = store
+        .client(Client::Host)
+        .daemon(&second)
+        .command("nix-store")
+        .arg("--add")
+        .arg(&file)
+        .run();
+    assert_eq!(a, b);
+    assert!(second.log_path().ends_with("logs/second.log"));
 }
 
 #[test]
