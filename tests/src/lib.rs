@@ -1,69 +1,46 @@
-//! The test rig: throwaway Nix stores and the real Nix clients.
+//! The test rig: throwaway Nix stores, the real Nix clients and daemons, busybox derivations
+//! and test users.
 //!
-//! Every end-to-end test builds its own [`TestStore`] under `/tmp` and points the real
-//! `nix` commands at it through Nix's own environment variables, so tests never touch
-//! the machine's `/nix` and can run in parallel.
+//! Every end-to-end test makes its own [`TestStore`] under `/tmp` and points the real Nix
+//! programs at it through Nix's own environment variables, so tests never touch the
+//! machine's `/nix` and run in parallel. The pieces:
+//!
+//! * [`store`]: [`TestStore`] — root, store/state/log/conf dirs, `nix.conf`, paths, homes;
+//! * [`client`]: [`Client`] (`Host` 2.8.0, `Trixie` 2.26.3, `Sid` 2.34.8) and [`Nix`], the
+//!   builder for a client [`std::process::Command`] (local or via a daemon, as some user);
+//! * [`chroot`]: how the chroot clients run (private mount namespace + `pivot_root`);
+//! * [`daemon`]: [`DaemonSpec`] / [`Daemon`] — the real `nix-daemon`s and any other daemon
+//!   program (nixnest's) on a store socket, killed with all their children on drop;
+//! * [`busybox`]: the `bb/` toolchain and [`Derivation`] expressions that need no nixpkgs;
+//! * [`users`]: [`TestUser`]s and exclusive [`BuildUsers`] leases;
+//! * [`run`]: [`RunExt`] — run a command, get stdout, or panic with the whole story.
+//!
+//! ```no_run
+//! use nixnest_testkit::*;
+//!
+//! let store = TestStore::builder().sandbox(true).build_users(BuildUsers::private(2)).build();
+//! let daemon = store.nix_daemon(Client::Host).start();
+//! let expr = store.write_expr("hello.nix", &Derivation::new("hello", "echo hi > $out").to_nix());
+//! let out = store.client(Client::Sid).daemon(&daemon)
+//!     .command("nix-build").arg(&expr).arg("--no-out-link").run();
+//! assert_eq!(std::fs::read_to_string(out).unwrap(), "hi\n");
+//! ```
+//!
+//! Everything here is test code: failures are panics with messages meant for the person
+//! reading the test log, so `expect` is the error handling of this crate.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+pub mod busybox;
+pub mod chroot;
+pub mod client;
+pub mod daemon;
+pub mod run;
+pub mod store;
+pub mod users;
 
-/// A throwaway Nix store root: store dir, state dir, log dir and config dir under one
-/// temporary directory that is removed when the value is dropped.
-pub struct TestStore {
-    root: tempfile::TempDir,
-}
-
-impl TestStore {
-    /// Creates an empty store root under `/tmp` with a `nix.conf` that needs no network,
-    /// no build users and no substituters.
-    pub fn new() -> std::io::Result<Self> {
-        let root = tempfile::Builder::new()
-            .prefix("nixnest-test-")
-            .tempdir_in("/tmp")?;
-        let this = TestStore { root };
-        for dir in [
-            this.store_dir(),
-            this.state_dir(),
-            this.log_dir(),
-            this.conf_dir(),
-        ] {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(
-            this.conf_dir().join("nix.conf"),
-            "build-users-group =\nsubstituters =\nexperimental-features = nix-command\nsandbox = false\n",
-        )?;
-        Ok(this)
-    }
-
-    pub fn root(&self) -> &Path {
-        self.root.path()
-    }
-    pub fn store_dir(&self) -> PathBuf {
-        self.root().join("store")
-    }
-    pub fn state_dir(&self) -> PathBuf {
-        self.root().join("var/nix")
-    }
-    pub fn log_dir(&self) -> PathBuf {
-        self.root().join("var/log/nix")
-    }
-    pub fn conf_dir(&self) -> PathBuf {
-        self.root().join("etc")
-    }
-
-    /// A host `nix` command (`nix-store`, `nix-instantiate`, `nix`, …) that uses this store
-    /// directly in local mode.
-    pub fn nix(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear()
-            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("HOME", self.root())
-            .env("NIX_STORE_DIR", self.store_dir())
-            .env("NIX_STATE_DIR", self.state_dir())
-            .env("NIX_LOG_DIR", self.log_dir())
-            .env("NIX_CONF_DIR", self.conf_dir())
-            .env("NIX_REMOTE", "local");
-        cmd
-    }
-}
+pub use busybox::{Derivation, nix_str};
+pub use client::{Client, Nix, Remote};
+pub use daemon::{Daemon, DaemonSpec, Signal, cargo_bin};
+pub use run::RunExt;
+pub use store::{TestStore, TestStoreBuilder};
+pub use users::{BuildUsers, TestUser};
