@@ -12,16 +12,24 @@
 pub mod config;
 pub mod db;
 pub mod error;
-#[allow(dead_code)] // used by the GC (next step)
+mod fsutil;
+pub mod gc;
+#[cfg(test)]
+mod gc_tests;
 mod gcsocket;
+pub mod hashing;
 pub mod lock;
 pub mod logger;
 pub mod paths;
+mod queries;
 mod store;
 pub mod temproots;
+#[cfg(test)]
+mod testutil;
 
 pub use config::{PublicKey, StoreConfig};
 pub use error::{Error, Result};
+pub use gc::{GcAction, GcOptions, GcResults, Roots};
 pub use logger::{Logger, NullLogger, Verbosity};
 pub use store::LocalStore;
 pub use temproots::TempRoots;

@@ -36,8 +36,9 @@ use crate::logger::{Logger, Verbosity};
 #[derive(Debug)]
 pub struct LocalStore {
     pub(crate) config: StoreConfig,
-    #[allow(dead_code)]
     pub(crate) db: Db,
+    /// `config.store_dir` as text (store paths are text everywhere in Nix).
+    store_dir_s: String,
     /// Shared `flock` on `db/big-lock`, held while the store is open so no schema
     /// migration can run under us.
     _big_lock: OwnedFd,
@@ -87,6 +88,17 @@ fn write_file_atomic(path: &Path, contents: &[u8]) -> Result<()> {
 impl LocalStore {
     /// Opens the store described by `config`, creating whatever is missing.
     pub fn open(config: StoreConfig, logger: &dyn Logger) -> Result<LocalStore> {
+        let store_dir_s = config
+            .store_dir
+            .to_str()
+            .filter(|s| s.starts_with('/') && !s.ends_with('/'))
+            .ok_or_else(|| {
+                Error::BadInput(format!(
+                    "store directory '{}' must be an absolute UTF-8 path without trailing slash",
+                    config.store_dir.display()
+                ))
+            })?
+            .to_owned();
         let db_dir = config.db_dir();
         let schema_path = db_dir.join("schema");
 
@@ -137,6 +149,7 @@ impl LocalStore {
         Ok(LocalStore {
             db: Db::new(db_path, fsync, conn),
             config,
+            store_dir_s,
             _big_lock: big_lock,
         })
     }
@@ -285,6 +298,11 @@ impl LocalStore {
     /// The store directory (`/nix/store`).
     pub fn store_dir(&self) -> &Path {
         &self.config.store_dir
+    }
+
+    /// The store directory as text.
+    pub fn store_dir_str(&self) -> &str {
+        &self.store_dir_s
     }
 
     /// The state directory (`/nix/var/nix`).
