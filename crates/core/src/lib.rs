@@ -24,6 +24,7 @@ pub mod content_address;
 pub mod derived_path;
 pub mod error;
 pub mod hash;
+pub mod nar;
 pub mod nixbase32;
 pub mod path_info;
 pub mod references;
