@@ -5,14 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// A public key trusted for signatures: `<name>:<base64 of 32 bytes>` in `nix.conf`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublicKey {
-    /// The key name (the part before `:`), matched against the signature's name.
-    pub name: String,
-    /// The raw Ed25519 public key.
-    pub key: [u8; 32],
-}
+pub use nixnest_core::PublicKey;
 
 /// Everything `LocalStore::open` needs to know.
 #[derive(Clone, Debug)]
@@ -37,7 +30,7 @@ pub struct StoreConfig {
     pub build_users_gid: Option<u32>,
     /// `require-sigs` (default true): imports of input-addressed paths need a signature.
     pub require_sigs: bool,
-    /// `trusted-public-keys`.
+    /// `trusted-public-keys` (`<name>:<base64>` each, parsed with `PublicKey::parse`).
     pub trusted_public_keys: Vec<PublicKey>,
     /// `auto-optimise-store` (default false): hard-link identical files on ingest.
     pub auto_optimise_store: bool,

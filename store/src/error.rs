@@ -129,6 +129,14 @@ pub enum Error {
     #[error("file '{}' has an unsupported type", .0.display())]
     UnsupportedFileType(PathBuf),
 
+    /// An error from the data model (bad store path, hash, content address, …).
+    #[error(transparent)]
+    Core(#[from] nixnest_core::Error),
+
+    /// A NAR that does not parse, or a failure while dumping/restoring one.
+    #[error(transparent)]
+    Nar(#[from] nixnest_core::nar::NarError),
+
     /// Any other error with a plain message.
     #[error("{0}")]
     Other(String),

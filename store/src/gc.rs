@@ -533,7 +533,7 @@ impl LocalStore {
         let shared = Arc::new(SharedState::default());
         let _server = RootsServer::start(
             &self.gc_socket_path(),
-            self.store_dir().to_owned(),
+            self.real_store_dir().to_owned(),
             shared.clone(),
         )?;
 
@@ -578,7 +578,7 @@ impl LocalStore {
             alive_invalid: BTreeSet::new(),
             dead_invalid: BTreeSet::new(),
             results: GcResults::default(),
-            store_fd: fsutil::open_dir(self.store_dir())?,
+            store_fd: fsutil::open_dir(self.real_store_dir())?,
         };
 
         if opts.action == GcAction::DeleteSpecific {
@@ -607,7 +607,7 @@ impl LocalStore {
                 },
             );
             let names = fsutil::read_dir_names(gc.store_fd.as_fd())
-                .ctx("opening directory", self.store_dir())?;
+                .ctx("opening directory", self.real_store_dir())?;
             for name in names {
                 let Ok(name) = name.into_string() else {
                     // Not UTF-8: cannot be a store path.

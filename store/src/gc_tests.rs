@@ -354,7 +354,7 @@ fn root_added_through_the_socket_during_gc_is_honoured() {
         all.push(fake_path(&s, &format!("p{i}"), &[], None));
     }
     // Pick as target the entry readdir returns last, so it is visited after the hook.
-    let names: Vec<String> = std::fs::read_dir(s.store_dir())
+    let names: Vec<String> = std::fs::read_dir(s.real_store_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n != ".links")

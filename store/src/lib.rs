@@ -9,8 +9,10 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod canonicalise;
 pub mod config;
 pub mod db;
+mod drv;
 pub mod error;
 mod fsutil;
 pub mod gc;
@@ -18,8 +20,13 @@ pub mod gc;
 mod gc_tests;
 mod gcsocket;
 pub mod hashing;
+mod ingest;
+#[cfg(test)]
+mod ingest_tests;
 pub mod lock;
 pub mod logger;
+pub mod optimise;
+mod pathinfo;
 pub mod paths;
 mod queries;
 mod store;
@@ -31,6 +38,7 @@ pub use config::{PublicKey, StoreConfig};
 pub use error::{Error, Result};
 pub use gc::{GcAction, GcOptions, GcResults, Roots};
 pub use logger::{Logger, NullLogger, Verbosity};
+pub use optimise::OptimiseStats;
 pub use store::LocalStore;
 pub use temproots::TempRoots;
 
@@ -38,6 +46,6 @@ impl LocalStore {
     /// Starts a temp-roots session (one per client connection or build): roots added to
     /// it protect paths from every GC — ours and CppNix's — until it is dropped.
     pub fn temp_roots_session(&self) -> TempRoots {
-        TempRoots::new(self.state_dir())
+        TempRoots::new(self.state_dir(), self.store_dir().clone())
     }
 }

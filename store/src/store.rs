@@ -39,6 +39,7 @@ pub struct LocalStore {
     pub(crate) db: Db,
     /// `config.store_dir` as text (store paths are text everywhere in Nix).
     store_dir_s: String,
+    sd: nixnest_core::StoreDir,
     /// Shared `flock` on `db/big-lock`, held while the store is open so no schema
     /// migration can run under us.
     _big_lock: OwnedFd,
@@ -99,6 +100,7 @@ impl LocalStore {
                 ))
             })?
             .to_owned();
+        let sd = nixnest_core::StoreDir::new(store_dir_s.clone())?;
         let db_dir = config.db_dir();
         let schema_path = db_dir.join("schema");
 
@@ -150,6 +152,7 @@ impl LocalStore {
             db: Db::new(db_path, fsync, conn),
             config,
             store_dir_s,
+            sd,
             _big_lock: big_lock,
         })
     }
@@ -295,8 +298,13 @@ impl LocalStore {
         &self.config
     }
 
-    /// The store directory (`/nix/store`).
-    pub fn store_dir(&self) -> &Path {
+    /// The store directory (`/nix/store`), for printing and parsing store paths.
+    pub fn store_dir(&self) -> &nixnest_core::StoreDir {
+        &self.sd
+    }
+
+    /// The store directory on disk.
+    pub fn real_store_dir(&self) -> &Path {
         &self.config.store_dir
     }
 

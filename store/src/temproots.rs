@@ -46,6 +46,7 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// dies); the file is deleted on drop.
 #[derive(Debug)]
 pub struct TempRoots {
+    store_dir: nixnest_core::StoreDir,
     file_path: PathBuf,
     gc_lock_path: PathBuf,
     socket_path: PathBuf,
@@ -61,9 +62,10 @@ struct State {
 
 impl TempRoots {
     /// A new, empty session. The file is created on the first root.
-    pub(crate) fn new(state_dir: &Path) -> TempRoots {
+    pub(crate) fn new(state_dir: &Path, store_dir: nixnest_core::StoreDir) -> TempRoots {
         let n = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         TempRoots {
+            store_dir,
             file_path: state_dir
                 .join("temproots")
                 .join(format!("{}-{n}", std::process::id())),
@@ -78,10 +80,16 @@ impl TempRoots {
         &self.file_path
     }
 
-    /// Protects `path` (a full printed store path, e.g. `/nix/store/…-foo`) from the GC
-    /// until this session ends. Returns once a running GC has acknowledged it.
+    /// Protects `path` from the GC until this session ends. Returns once a running GC
+    /// has acknowledged it.
+    pub fn add_path(&self, path: &nixnest_core::StorePath) -> Result<()> {
+        self.add(&self.store_dir.print(path))
+    }
+
+    /// Like [`Self::add_path`] for a printed path. It must be a syntactically valid store
+    /// path: CppNix's GC refuses to run on a temp-roots file holding anything else.
     pub fn add(&self, path: &str) -> Result<()> {
-        if path.as_bytes().contains(&0) || path.contains('\n') {
+        if self.store_dir.parse_path(path).is_err() {
             return Err(Error::NotAStorePath(path.escape_debug().to_string()));
         }
         let mut st = self
@@ -284,7 +292,7 @@ mod tests {
     fn file_format_and_lifetime() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("temproots")).unwrap();
-        let tr = TempRoots::new(dir.path());
+        let tr = TempRoots::new(dir.path(), sd());
         let name = tr
             .file_path()
             .file_name()
@@ -292,20 +300,20 @@ mod tests {
             .to_string_lossy()
             .into_owned();
         assert!(name.starts_with(&format!("{}-", std::process::id())));
-        tr.add("/nix/store/aaaa-x").unwrap();
-        tr.add("/nix/store/bbbb-y").unwrap();
-        tr.add("/nix/store/aaaa-x").unwrap();
+        tr.add(A).unwrap();
+        tr.add(B).unwrap();
+        tr.add(A).unwrap();
         assert_eq!(
             std::fs::read(tr.file_path()).unwrap(),
-            b"/nix/store/aaaa-x\0/nix/store/bbbb-y\0/nix/store/aaaa-x\0"
+            format!("{A}\0{B}\0{A}\0").into_bytes()
         );
         let log = CollectingLogger::default();
         let (roots, _fds) = read_temp_roots(&dir.path().join("temproots"), false, &log).unwrap();
         let pid_label = format!("{{temp:{}}}", std::process::id());
         assert_eq!(roots.len(), 2);
-        assert!(roots["/nix/store/aaaa-x"].contains(&pid_label));
+        assert!(roots[A].contains(&pid_label));
         let (roots, _fds) = read_temp_roots(&dir.path().join("temproots"), true, &log).unwrap();
-        assert!(roots["/nix/store/bbbb-y"].contains(CENSORED));
+        assert!(roots[B].contains(CENSORED));
         let p = tr.file_path().to_owned();
         drop(tr);
         assert!(!p.exists());
@@ -327,10 +335,23 @@ mod tests {
     }
 
     #[test]
-    fn rejects_nul_and_newline() {
+    fn rejects_non_store_paths() {
         let dir = tempfile::tempdir().unwrap();
-        let tr = TempRoots::new(dir.path());
-        assert!(tr.add("/nix/store/a\0b").is_err());
-        assert!(tr.add("/nix/store/a\nb").is_err());
+        let tr = TempRoots::new(dir.path(), sd());
+        assert!(tr.add(&format!("{A}\0b")).is_err());
+        assert!(tr.add(&format!("{A}\nb")).is_err());
+        assert!(tr.add("/nix/store/aaaa-x").is_err());
+        assert!(
+            tr.add("/elsewhere/z45ailnkm27lnvhimqkhy08f6sh5m17d-x")
+                .is_err()
+        );
+        assert!(!tr.file_path().exists());
+    }
+
+    const A: &str = "/nix/store/z45ailnkm27lnvhimqkhy08f6sh5m17d-hello.txt";
+    const B: &str = "/nix/store/a9g0x6sd3ncdcmdy8kk6ks9l3a0m042a-flat.txt";
+
+    fn sd() -> nixnest_core::StoreDir {
+        nixnest_core::StoreDir::default()
     }
 }
