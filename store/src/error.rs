@@ -109,14 +109,6 @@ pub enum Error {
     #[error("cycle detected in the references of '{path}' from '{from}'")]
     Cycle { path: String, from: String },
 
-    /// A derivation's recorded output path is not the one its contents imply.
-    #[error("derivation '{drv}' has incorrect output '{output}', should be '{expected}'")]
-    BadDerivationOutput {
-        drv: String,
-        output: String,
-        expected: String,
-    },
-
     /// A NAR (or export stream) that does not parse.
     #[error("bad archive: {0}")]
     BadArchive(String),
