@@ -1,1 +1,51 @@
 //! `nixnest-store`: the local Nix store on disk and in SQLite.
+//!
+//! A synchronous, thread-safe implementation of CppNix's `LocalStore` that shares the
+//! store with CppNix itself: the same directory layout, the same SQLite schema (10) and
+//! row formats, the same `flock` protocols (big-lock, gc.lock, per-path locks, temp-roots
+//! files, the GC roots socket). The daemon calls it from `spawn_blocking`.
+//!
+//! Entry point: [`LocalStore::open`] with a [`StoreConfig`].
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod canonicalise;
+pub mod config;
+pub mod db;
+mod drv;
+pub mod error;
+mod fsutil;
+pub mod gc;
+#[cfg(test)]
+mod gc_tests;
+mod gcsocket;
+pub mod hashing;
+mod ingest;
+#[cfg(test)]
+mod ingest_tests;
+pub mod lock;
+pub mod logger;
+pub mod optimise;
+mod pathinfo;
+pub mod paths;
+mod queries;
+mod store;
+pub mod temproots;
+#[cfg(test)]
+mod testutil;
+
+pub use config::{PublicKey, StoreConfig};
+pub use error::{Error, Result};
+pub use gc::{GcAction, GcOptions, GcResults, Roots};
+pub use logger::{Logger, NullLogger, Verbosity};
+pub use optimise::OptimiseStats;
+pub use store::LocalStore;
+pub use temproots::TempRoots;
+
+impl LocalStore {
+    /// Starts a temp-roots session (one per client connection or build): roots added to
+    /// it protect paths from every GC — ours and CppNix's — until it is dropped.
+    pub fn temp_roots_session(&self) -> TempRoots {
+        TempRoots::new(self.state_dir(), self.store_dir().clone())
+    }
+}
