@@ -25,6 +25,8 @@ pub mod content_address;
 pub mod derivation;
 pub mod derived_path;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod nixbase32;
 pub mod path_info;
