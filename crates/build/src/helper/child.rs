@@ -13,7 +13,8 @@
 //!    saved — keeps the host's root); `pivot_root`, `chroot(".")`, detach the old root;
 //!    switch to the sandbox uid/gid;
 //! 4. `chdir` to the build dir; close every other descriptor; personality
-//!    (`ADDR_NO_RANDOMIZE`, optionally `PER_LINUX32`/`UNAME26`); `RLIMIT_CORE` soft 0;
+//!    (`ADDR_NO_RANDOMIZE`, optionally `PER_LINUX32`/`UNAME26`); umask 022 (as current Nix);
+//!    `RLIMIT_CORE` soft 0;
 //! 5. unsandboxed with a build user: supplementary groups, gid, uid (checked);
 //! 6. `PR_SET_PDEATHSIG(SIGKILL)` (after the last credential change, which would reset it),
 //!    so the builder dies if the helper does;
@@ -123,6 +124,9 @@ fn setup_and_exec(
 
     *err_fd = close_other_fds(*err_fd)?;
     set_personality(spec);
+    // As current Nix: a builder never inherits a permissive umask from the daemon.
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o022) };
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
