@@ -140,11 +140,31 @@ impl Fx {
         events: &mut dyn BuildEvents,
     ) -> BuildOutcome {
         let lease = self.pool.as_ref().map(|_| self.lease());
+        self.build_as(drv_path, drv, settings, lease.as_ref(), events)
+    }
+
+    /// Builds as `lease` (or as ourselves).
+    pub fn build_as(
+        &self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+        settings: &BuildSettings,
+        lease: Option<&UserLease>,
+        events: &mut dyn BuildEvents,
+    ) -> BuildOutcome {
         let mut job = BuildJob::new(drv_path.clone(), drv, self.inputs(drv));
-        job.build_user = lease.as_ref();
+        job.build_user = lease;
         Builder::new(&self.store, settings)
             .build(&job, events)
             .unwrap()
+    }
+
+    /// Instantiates and builds `expr` with default settings.
+    pub fn build_expr(&self, file: &str, expr: &str) -> (StorePath, BuildOutcome, Collect) {
+        let (drv_path, drv) = self.instantiate(file, expr);
+        let mut ev = Collect::default();
+        let out = self.build_with(&drv_path, &drv, &settings(), &mut ev);
+        (drv_path, out, ev)
     }
 
     /// Reads a (file) output.
@@ -158,6 +178,9 @@ impl Fx {
     }
 }
 
+/// A callback run when the builder starts.
+pub type OnStarted = Box<dyn FnMut(&BuildStarted)>;
+
 /// Everything a build said.
 #[derive(Default)]
 pub struct Collect {
@@ -168,7 +191,7 @@ pub struct Collect {
     pub setup_ms: f64,
     pub exited: bool,
     /// Run when the builder starts (e.g. to request path visibility from another thread).
-    pub on_started: Option<Box<dyn FnMut(&BuildStarted)>>,
+    pub on_started: Option<OnStarted>,
 }
 
 impl BuildEvents for Collect {
