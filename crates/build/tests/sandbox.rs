@@ -193,7 +193,84 @@ fn matches_cppnix() {
         norm_ts(&ts, &cppnix_error(&out))
     );
 
-    // 4. A timeout.
+    // 4. passAsFile and exportReferencesGraph (plain attributes).
+    let attrs = Expr::new(
+        "attrs",
+        "{ env | sort; echo ==; cat $bigPath; echo; echo ==; cat graph; echo ==; ls -a /build; } > $out",
+    )
+    .env("big", "a value passed as a file\nwith two lines")
+    .attr("passAsFile", r#"[ "big" ]"#)
+    .attr("exportReferencesGraph", r#"[ "graph" ./bb ]"#)
+    .to_nix();
+    let (_, ours, _) = fx.build_expr("attrs.nix", &attrs);
+    assert_eq!(ours.status, BuildStatus::Built, "{:?}", ours.error_msg);
+    let ours_text = norm_fx(&fx, &fx.read_output(&ours, "out"));
+    assert!(ours_text.contains("bigPath=/build/.attr-"), "{ours_text}");
+    let out = cppnix_build(&ts, &daemon, "attrs.nix", &attrs, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs_text = norm_ts(
+        &ts,
+        &std::fs::read_to_string(String::from_utf8_lossy(&out.stdout).trim()).unwrap(),
+    );
+    assert_eq!(ours_text, theirs_text);
+
+    // 5. Structured attributes: .attrs.json and .attrs.sh byte for byte. (2.8 sets
+    //    NIX_ATTRS_*_FILE to host paths, a bug fixed by 2.18; nixnest gives the in-sandbox
+    //    paths, so those two variables are left out of the comparison.)
+    let sa = "derivation {\n  name = \"sa\";\n  system = builtins.currentSystem;\n  \
+              __structuredAttrs = true;\n  builder = \"${./bb}/bin/sh\";\n  \
+              args = [ \"-c\" \"export PATH=${./bb}/bin; { env | grep -v ^NIX_ATTRS_ | sort; echo ==; cat /build/.attrs.sh; echo ==; cat /build/.attrs.json; } > ${placeholder \"out\"}\" ];\n  \
+              PATH = \"${./bb}/bin\";\n  str = \"it's\";\n  n = 42;\n  f = 1.5;\n  b = true;\n  nul = null;\n  \
+              list = [ \"a\" 1 false ];\n  obj = { x = \"y\"; z = 2; };\n  nested = { a = { b = 1; }; };\n  \
+              exportReferencesGraph = { graph = [ ./bb ]; };\n}";
+    let (_, ours, _) = fx.build_expr("sa.nix", sa);
+    assert_eq!(ours.status, BuildStatus::Built, "{:?}", ours.error_msg);
+    let ours_text = norm_fx(&fx, &fx.read_output(&ours, "out"));
+    let out = cppnix_build(&ts, &daemon, "sa.nix", sa, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs_text = norm_ts(
+        &ts,
+        &std::fs::read_to_string(String::from_utf8_lossy(&out.stdout).trim()).unwrap(),
+    );
+    if ours_text != theirs_text {
+        eprintln!("--- nixnest ---\n{ours_text}\n--- nix-daemon 2.8 ---\n{theirs_text}");
+    }
+    assert_eq!(ours_text, theirs_text);
+    for want in [
+        "declare -A obj=(['x']='y' ['z']=2 )",
+        "declare -a list=('a' 1  )",
+        "declare str='it'\\''s'",
+        "\"graph\":[{\"ca\":\"fixed:r:sha256:",
+    ] {
+        assert!(ours_text.contains(want), "missing {want:?} in\n{ours_text}");
+    }
+
+    // 6. allowedReferences.
+    let checks = Expr::new("checks", "echo $PATH > $out")
+        .attr("allowedReferences", "[ ]")
+        .to_nix();
+    let (_, ours, _) = fx.build_expr("checks.nix", &checks);
+    assert_eq!(
+        ours.status,
+        BuildStatus::OutputRejected,
+        "{:?}",
+        ours.error_msg
+    );
+    let out = cppnix_build(&ts, &daemon, "checks.nix", &checks, &[]);
+    assert_eq!(
+        norm_fx(&fx, ours.error_msg.as_deref().unwrap()),
+        norm_ts(&ts, &cppnix_error(&out))
+    );
+
+    // 7. A timeout.
     let slow = Expr::new("slow", "echo started; sleep 1000").to_nix();
     let (drv_path, drv) = fx.instantiate("slow.nix", &slow);
     let mut settings = common::settings();
