@@ -839,151 +839,157 @@ impl<'a> Builder<'a> {
         // escaped the build could otherwise hold the log open forever).
         let drain = Duration::from_secs(1);
 
-        while log_open || ctl_open {
-            if let Some(t) = exited_at
-                && t.elapsed() >= drain
-            {
-                break;
-            }
-            let now = Instant::now();
-            // Deadlines.
-            let mut wait: Option<Duration> = exited_at.map(|t| drain.saturating_sub(t.elapsed()));
-            if let (Some(start), None, false) = (started_at, exited_at, kill_sent) {
-                if let Some(max) = self.settings.max_silent_time {
-                    let left = max.saturating_sub(now.duration_since(last_output));
-                    if left.is_zero() {
-                        result.killed_for = Some((
-                            BuildStatus::TimedOut,
-                            format!(
-                                "{goal} timed out after {} seconds of silence",
-                                max.as_secs()
-                            ),
-                        ));
-                    }
-                    wait = Some(wait.map_or(left, |w| w.min(left)));
-                }
-                if let Some(max) = self.settings.timeout
-                    && result.killed_for.is_none()
+        // The loop returns early only on a failing system call; the helper is reaped
+        // either way (dropping our end of the control socket makes it kill the build).
+        let looped = (|| -> Result<()> {
+            while log_open || ctl_open {
+                if let Some(t) = exited_at
+                    && t.elapsed() >= drain
                 {
-                    let left = max.saturating_sub(now.duration_since(start));
-                    if left.is_zero() {
-                        result.killed_for = Some((
-                            BuildStatus::TimedOut,
-                            format!("{goal} timed out after {} seconds", max.as_secs()),
-                        ));
-                    }
-                    wait = Some(wait.map_or(left, |w| w.min(left)));
+                    break;
                 }
-            }
-            if result.killed_for.is_some() && !kill_sent {
-                kill_sent = true;
-                let _ = spec::send(ctl.as_fd(), &Request::Kill, &[]);
-                continue;
-            }
-
-            let mut fds = Vec::with_capacity(2);
-            if log_open {
-                fds.push(PollFd::new(&master, PollFlags::IN));
-            }
-            if ctl_open {
-                fds.push(PollFd::new(ctl.as_ref(), PollFlags::IN));
-            }
-            let ts = wait.map(|w| rustix::event::Timespec {
-                tv_sec: i64::try_from(w.as_secs()).unwrap_or(i64::MAX),
-                tv_nsec: i64::from(w.subsec_nanos()).max(if w.is_zero() { 0 } else { 1 }),
-            });
-            match rustix::event::poll(&mut fds, ts.as_ref()) {
-                Ok(_) => {}
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(Error::io("poll", e)),
-            }
-            let mut idx = 0;
-            let log_ready = log_open && {
-                let r = !fds[idx].revents().is_empty();
-                idx += 1;
-                r
-            };
-            let ctl_ready = ctl_open && !fds[idx].revents().is_empty();
-            drop(fds);
-
-            if log_ready {
-                match rustix::io::read(&master, &mut buf) {
-                    Ok(0) | Err(Errno::IO) => log_open = false,
-                    Ok(n) => {
-                        let data = buf.get(..n).unwrap_or_default();
-                        last_output = Instant::now();
-                        log_size += n as u64;
-                        if let Some(max) = self.settings.max_log_size
-                            && log_size > max
-                            && result.killed_for.is_none()
-                        {
+                let now = Instant::now();
+                // Deadlines.
+                let mut wait: Option<Duration> =
+                    exited_at.map(|t| drain.saturating_sub(t.elapsed()));
+                if let (Some(start), None, false) = (started_at, exited_at, kill_sent) {
+                    if let Some(max) = self.settings.max_silent_time {
+                        let left = max.saturating_sub(now.duration_since(last_output));
+                        if left.is_zero() {
                             result.killed_for = Some((
-                                BuildStatus::LogLimitExceeded,
+                                BuildStatus::TimedOut,
                                 format!(
-                                    "{goal} killed after writing more than {max} bytes of log output"
+                                    "{goal} timed out after {} seconds of silence",
+                                    max.as_secs()
                                 ),
                             ));
                         }
-                        if !kill_sent {
-                            events.log_chunk(data);
-                            splitter.feed(data, &mut |l| match l {
-                                LogLine::Text(t) => events.log_line(t),
-                                LogLine::Structured(j) => events.structured_log(j),
+                        wait = Some(wait.map_or(left, |w| w.min(left)));
+                    }
+                    if let Some(max) = self.settings.timeout
+                        && result.killed_for.is_none()
+                    {
+                        let left = max.saturating_sub(now.duration_since(start));
+                        if left.is_zero() {
+                            result.killed_for = Some((
+                                BuildStatus::TimedOut,
+                                format!("{goal} timed out after {} seconds", max.as_secs()),
+                            ));
+                        }
+                        wait = Some(wait.map_or(left, |w| w.min(left)));
+                    }
+                }
+                if result.killed_for.is_some() && !kill_sent {
+                    kill_sent = true;
+                    let _ = spec::send(ctl.as_fd(), &Request::Kill, &[]);
+                    continue;
+                }
+
+                let mut fds = Vec::with_capacity(2);
+                if log_open {
+                    fds.push(PollFd::new(&master, PollFlags::IN));
+                }
+                if ctl_open {
+                    fds.push(PollFd::new(ctl.as_ref(), PollFlags::IN));
+                }
+                let ts = wait.map(|w| rustix::event::Timespec {
+                    tv_sec: i64::try_from(w.as_secs()).unwrap_or(i64::MAX),
+                    tv_nsec: i64::from(w.subsec_nanos()).max(if w.is_zero() { 0 } else { 1 }),
+                });
+                match rustix::event::poll(&mut fds, ts.as_ref()) {
+                    Ok(_) => {}
+                    Err(Errno::INTR) => continue,
+                    Err(e) => return Err(Error::io("poll", e)),
+                }
+                let mut idx = 0;
+                let log_ready = log_open && {
+                    let r = !fds[idx].revents().is_empty();
+                    idx += 1;
+                    r
+                };
+                let ctl_ready = ctl_open && !fds[idx].revents().is_empty();
+                drop(fds);
+
+                if log_ready {
+                    match rustix::io::read(&master, &mut buf) {
+                        Ok(0) | Err(Errno::IO) => log_open = false,
+                        Ok(n) => {
+                            let data = buf.get(..n).unwrap_or_default();
+                            last_output = Instant::now();
+                            log_size += n as u64;
+                            if let Some(max) = self.settings.max_log_size
+                                && log_size > max
+                                && result.killed_for.is_none()
+                            {
+                                result.killed_for = Some((
+                                    BuildStatus::LogLimitExceeded,
+                                    format!(
+                                        "{goal} killed after writing more than {max} bytes of log output"
+                                    ),
+                                ));
+                            }
+                            if !kill_sent {
+                                events.log_chunk(data);
+                                splitter.feed(data, &mut |l| match l {
+                                    LogLine::Text(t) => events.log_line(t),
+                                    LogLine::Structured(j) => events.structured_log(j),
+                                });
+                            }
+                        }
+                        Err(Errno::INTR) | Err(Errno::AGAIN) => {}
+                        Err(e) => return Err(Error::io("reading the build log", e)),
+                    }
+                }
+                if ctl_ready {
+                    match spec::recv::<Event>(ctl.as_fd()) {
+                        Ok(Some((
+                            Event::Started {
+                                pid,
+                                user_namespace,
+                                setup_us,
+                            },
+                            _,
+                        ))) => {
+                            let now = Instant::now();
+                            started_at = Some(now);
+                            last_output = now;
+                            result.setup_time = Duration::from_micros(setup_us);
+                            events.started(&BuildStarted {
+                                pid,
+                                host_build_dir: host_dir.to_owned(),
+                                sandboxed,
+                                user_namespace,
+                                setup_time: result.setup_time,
+                                handle: handle.clone(),
                             });
                         }
-                    }
-                    Err(Errno::INTR) | Err(Errno::AGAIN) => {}
-                    Err(e) => return Err(Error::io("reading the build log", e)),
-                }
-            }
-            if ctl_ready {
-                match spec::recv::<Event>(ctl.as_fd()) {
-                    Ok(Some((
-                        Event::Started {
-                            pid,
-                            user_namespace,
-                            setup_us,
-                        },
-                        _,
-                    ))) => {
-                        let now = Instant::now();
-                        started_at = Some(now);
-                        last_output = now;
-                        result.setup_time = Duration::from_micros(setup_us);
-                        events.started(&BuildStarted {
-                            pid,
-                            host_build_dir: host_dir.to_owned(),
-                            sandboxed,
-                            user_namespace,
-                            setup_time: result.setup_time,
-                            handle: handle.clone(),
-                        });
-                    }
-                    Ok(Some((
-                        Event::SetupFailed {
-                            message,
-                            sandbox_unavailable,
-                        },
-                        _,
-                    ))) => {
-                        result.setup_failed = Some((message, sandbox_unavailable));
-                    }
-                    Ok(Some((Event::Exited { status }, _))) => {
-                        result.status = Some(status);
-                        if let Some(s) = started_at {
-                            result.run_time = s.elapsed();
+                        Ok(Some((
+                            Event::SetupFailed {
+                                message,
+                                sandbox_unavailable,
+                            },
+                            _,
+                        ))) => {
+                            result.setup_failed = Some((message, sandbox_unavailable));
                         }
-                        handle.inner.finished.store(true, Ordering::SeqCst);
-                        exited_at.get_or_insert_with(Instant::now);
-                    }
-                    Ok(None) | Err(_) => {
-                        ctl_open = false;
-                        handle.inner.finished.store(true, Ordering::SeqCst);
-                        exited_at.get_or_insert_with(Instant::now);
+                        Ok(Some((Event::Exited { status }, _))) => {
+                            result.status = Some(status);
+                            if let Some(s) = started_at {
+                                result.run_time = s.elapsed();
+                            }
+                            handle.inner.finished.store(true, Ordering::SeqCst);
+                            exited_at.get_or_insert_with(Instant::now);
+                        }
+                        Ok(None) | Err(_) => {
+                            ctl_open = false;
+                            handle.inner.finished.store(true, Ordering::SeqCst);
+                            exited_at.get_or_insert_with(Instant::now);
+                        }
                     }
                 }
             }
-        }
+            Ok(())
+        })();
         splitter.finish(&mut |l| match l {
             LogLine::Text(t) => events.log_line(t),
             LogLine::Structured(j) => events.structured_log(j),
@@ -994,6 +1000,7 @@ impl<'a> Builder<'a> {
         let helper_status = child
             .wait()
             .map_err(|e| Error::io("waiting for the build helper", e))?;
+        looped?;
         if result.status.is_none() && result.setup_failed.is_none() {
             result.setup_failed =
                 Some((format!("the build helper failed ({helper_status})"), false));

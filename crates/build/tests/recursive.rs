@@ -109,3 +109,65 @@ fn paths_made_visible_while_the_build_runs() {
             .is_err()
     );
 }
+
+/// Creates the per-build socket the way a daemon serving recursive Nix would.
+struct SocketMaker {
+    inner: Collect,
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl nixnest_build::BuildEvents for SocketMaker {
+    fn prepare(&mut self, b: &nixnest_build::PreparedBuild<'_>) -> nixnest_build::Result<()> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::PermissionsExt;
+        // Bound relative to the build dir's descriptor: short, and not through any path
+        // the builder could have changed.
+        let p = format!("/proc/self/fd/{}/.nix-socket", b.dir_fd.as_raw_fd());
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = b.owner {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+        assert_eq!(b.in_sandbox, "/build");
+        assert!(b.host_dir.join(".nix-socket").exists());
+        self.listener = Some(l);
+        Ok(())
+    }
+    fn started(&mut self, s: &nixnest_build::BuildStarted) {
+        self.inner.started(s)
+    }
+    fn log_line(&mut self, line: &[u8]) {
+        self.inner.log_line(line)
+    }
+}
+
+#[test]
+fn recursive_nix_socket_and_nix_remote() {
+    require_env!();
+    let fx = Fx::new(1);
+    let (drv_path, drv) = fx.instantiate(
+        "rsock.nix",
+        &Expr::new(
+            "rsock",
+            "{ echo $NIX_REMOTE; stat -c '%F %a %U %G' /build/.nix-socket; } > $out",
+        )
+        .to_nix(),
+    );
+    let lease = fx.lease();
+    let mut job = nixnest_build::BuildJob::new(drv_path, &drv, fx.inputs(&drv));
+    job.build_user = Some(&lease);
+    job.recursive_nix = true;
+    let mut ev = SocketMaker {
+        inner: Collect::default(),
+        listener: None,
+    };
+    let settings = common::settings();
+    let out = nixnest_build::Builder::new(&fx.store, &settings)
+        .build(&job, &mut ev)
+        .unwrap();
+    assert_eq!(out.status, BuildStatus::Built, "{:?}", out.error_msg);
+    assert_eq!(
+        fx.read_output(&out, "out"),
+        "unix:///build/.nix-socket\nsocket 600 nixbld nixbld\n"
+    );
+}

@@ -430,7 +430,7 @@ fn fixed_output_derivations_share_the_host_network() {
     let hex = Hash::sha256("hello\n").to_base16();
     let expr = Expr::new(
         "fod",
-        "readlink /proc/self/ns/net; ls /etc | tr '\\n' ' '; echo; echo hello > $out",
+        "readlink /proc/self/ns/net; ls /etc | tr '\\n' ' '; echo; echo hello > $out; stat -c %i $out",
     )
     .env("outputHashMode", "flat")
     .env("outputHashAlgo", "sha256")
@@ -460,6 +460,13 @@ fn fixed_output_derivations_share_the_host_network() {
         )
     );
     assert_eq!(fx.read_output(&out, "out"), "hello\n");
+    // The registered output is a fresh copy, not the inode the builder wrote (and could
+    // still hold a descriptor to).
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(fx.store.real_store_dir().join(info.path.to_string()))
+        .unwrap()
+        .ino();
+    assert_ne!(ev.lines[2], ino.to_string());
     // A sandboxed derivation does not get the host network.
     let (_, out, ev) = fx.build_expr(
         "net.nix",
@@ -467,4 +474,113 @@ fn fixed_output_derivations_share_the_host_network() {
     );
     assert_eq!(out.status, BuildStatus::Built);
     assert_ne!(ev.lines[0], host_net.to_string_lossy());
+}
+
+#[test]
+fn sandbox_paths_match_cppnix() {
+    require_env!();
+    // A store path with a reference, to check that the closure of a store path named in
+    // `sandbox-paths` comes along.
+    let with_ref = |ts: &TestStore| {
+        ts.write("extra.txt", "extra file\n");
+        Expr::new("withref", "echo $file > $out")
+            .attr("file", "./extra.txt")
+            .to_nix()
+    };
+    let script = "{ cat /mapped/x; cat $dir2/y; test -e /nonexistent-optional && echo optional-visible || echo optional-absent; \
+                  cat $(cat $ref); ls $NIX_STORE | sed 's/^[0-9a-z]\\{32\\}-//' | sort; } > $out";
+    let probe = |r: &str| {
+        Expr::new("paths", script)
+            .env("dir2", &format!("{}/hostdir2", r))
+            .env("ref", r)
+            .to_nix()
+    };
+    let setup = |ts: &TestStore| {
+        ts.write("hostdir/x", "mapped dir\n");
+        ts.write("hostdir2/y", "same-path dir\n");
+    };
+
+    // nixnest.
+    let fx = Fx::new(1);
+    setup(&fx.ts);
+    let (_, dep, _) = fx.build_expr("withref.nix", &with_ref(&fx.ts));
+    assert_eq!(dep.status, BuildStatus::Built, "{:?}", dep.error_msg);
+    let dep_path = fx.print(&dep.built_outputs["out"].path);
+    let root = fx.ts.root().to_string_lossy().into_owned();
+    let mut settings = common::settings();
+    settings.sandbox_paths = vec![
+        format!("/mapped={root}/hostdir"),
+        format!("{root}/hostdir2"),
+        "/nonexistent-optional?".into(),
+        dep_path.clone(),
+    ];
+    let (drv_path, drv) = fx.instantiate(
+        "paths.nix",
+        &probe(&root).replace(&format!("\"{root}\""), &format!("\"{dep_path}\"")),
+    );
+    let ours = fx.build_with(&drv_path, &drv, &settings, &mut Collect::default());
+    assert_eq!(ours.status, BuildStatus::Built, "{:?}", ours.error_msg);
+    let ours_text = norm_fx(&fx, &fx.read_output(&ours, "out"));
+    assert_eq!(
+        ours_text,
+        "mapped dir\nsame-path dir\noptional-absent\nextra file\nbb\nextra.txt\npaths\nwithref\n"
+    );
+
+    // nix-daemon 2.8 with the same `extra-sandbox-paths`.
+    let ts = TestStore::builder()
+        .sandbox(true)
+        .build_users(BuildUsers::nixbld())
+        .build();
+    ts.busybox();
+    setup(&ts);
+    let daemon = ts.nix_daemon(Client::Host).start();
+    let out = cppnix_build(&ts, &daemon, "withref.nix", &with_ref(&ts), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let their_dep = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let troot = ts.root().to_string_lossy().into_owned();
+    let paths =
+        format!("/mapped={troot}/hostdir {troot}/hostdir2 /nonexistent-optional? {their_dep}");
+    let expr = probe(&troot).replace(&format!("\"{troot}\""), &format!("\"{their_dep}\""));
+    let out = cppnix_build(
+        &ts,
+        &daemon,
+        "paths.nix",
+        &expr,
+        &["--option", "extra-sandbox-paths", &paths],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs_text = norm_ts(
+        &ts,
+        &std::fs::read_to_string(String::from_utf8_lossy(&out.stdout).trim()).unwrap(),
+    );
+    assert_eq!(ours_text, theirs_text);
+}
+
+#[test]
+fn root_without_build_users_builds_as_root_in_a_user_namespace() {
+    require_env!();
+    // CppNix 2.8: root with `build-users-group =` builds as root; in the sandbox that is
+    // uid 1000 in a user namespace mapped to host uid 0.
+    let fx = Fx::new(0);
+    let (_, out, _) = fx.build_expr(
+        "asroot.nix",
+        &Expr::new(
+            "asroot",
+            "{ id; busybox awk '{print $1, $2}' /proc/self/uid_map; } > $out",
+        )
+        .to_nix(),
+    );
+    assert_eq!(out.status, BuildStatus::Built, "{:?}", out.error_msg);
+    assert_eq!(
+        fx.read_output(&out, "out"),
+        "uid=1000(nixbld) gid=100(nixbld)\n1000 0\n"
+    );
 }
