@@ -15,3 +15,34 @@
 
 pub mod auth;
 pub mod config;
+pub mod control;
+pub mod listener;
+
+/// nixnest's own version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+macro_rules! nix_version_compat {
+    () => {
+        "2.34.8"
+    };
+}
+pub(crate) use nix_version_compat;
+
+macro_rules! daemon_version_string {
+    () => {
+        concat!(
+            $crate::nix_version_compat!(),
+            "+nixnest.",
+            env!("CARGO_PKG_VERSION")
+        )
+    };
+}
+
+/// The Nix release whose protocol and behaviour nixnest follows (written only here).
+pub const NIX_VERSION_COMPAT: &str = nix_version_compat!();
+
+/// The daemon version string sent in the handshake (protocol ≥ 1.33). Clients only
+/// display it (`nix store info`), so it states what we are: a semver string whose
+/// release part is the Nix version we follow — version-comparing scripts still see
+/// 2.34.8 — and whose build metadata names nixnest: `2.34.8+nixnest.0.1.0`.
+pub const DAEMON_VERSION_STRING: &str = daemon_version_string!();
