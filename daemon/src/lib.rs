@@ -14,6 +14,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod listener;
@@ -37,6 +38,7 @@ macro_rules! daemon_version_string {
         )
     };
 }
+pub(crate) use daemon_version_string;
 
 /// The Nix release whose protocol and behaviour nixnest follows (written only here).
 pub const NIX_VERSION_COMPAT: &str = nix_version_compat!();
