@@ -539,6 +539,9 @@ impl<H: Handler> Listener<H> {
 
         // Stop accepting: clients that connect from now on are refused by the kernel.
         self.sockets.clear();
+        while let Some(done) = tasks.try_join_next() {
+            note_task_end(done);
+        }
         let open = tasks.len();
         tracing::info!("shutting down: stopped accepting; waiting for {open} open session(s)");
         self.trigger.trigger();
