@@ -21,8 +21,8 @@
 //! # nixnest additions
 //!
 //! * `allow-build-user-connections = true` turns that refusal into
-//!   [`Decision::BuildUser`] (seed-style recursive Nix); the listener's caller then maps
-//!   the uid to a running build and refuses if there is none.
+//!   [`Decision::BuildUser`] (seed-style recursive Nix); the listener then requires a
+//!   build registered as running under that uid, and refuses otherwise.
 //! * With `auto-allocate-uids`, build uids have no passwd entry, so the group test cannot
 //!   see them; a uid inside `[start-id, start-id + id-count)` is treated as a build user.
 //!   (CppNix's `authPeer` has no such test.)
@@ -140,10 +140,16 @@ pub fn not_allowed_message(user: &str) -> String {
 
 /// CppNix `matchUser`: does `list` admit this peer?
 fn matches(list: &[String], user: &str, group: &str, peer: &PeerInfo) -> bool {
-    list.iter().any(|entry| match entry.strip_prefix('@') {
-        _ if entry == "*" => true,
-        Some(wanted) => wanted == group || peer.supplementary_groups.iter().any(|g| g == wanted),
-        None => entry == user,
+    list.iter().any(|entry| {
+        if entry == "*" {
+            return true;
+        }
+        match entry.strip_prefix('@') {
+            Some(wanted) => {
+                wanted == group || peer.supplementary_groups.iter().any(|g| g == wanted)
+            }
+            None => entry == user,
+        }
     })
 }
 
@@ -172,6 +178,34 @@ pub fn authorize(peer: &PeerInfo, settings: &Settings) -> Decision {
     } else {
         Decision::Reject(not_allowed_message(&user))
     }
+}
+
+impl Decision {
+    /// `--force-untrusted`: serve a trusted peer as an ordinary one; every other
+    /// decision (including rejections) stands.
+    pub fn without_trust(self) -> Decision {
+        match self {
+            Decision::Trusted => Decision::Allowed,
+            other => other,
+        }
+    }
+}
+
+/// The standing of a `--stdio` peer, which has no credentials to check: trusted, as when
+/// CppNix serves `--stdio` itself (the remote side of `ssh-ng://`, where whoever could
+/// run the command already had the account), unless `--force-untrusted`.
+pub fn stdio_access(force_untrusted: bool) -> Access {
+    if force_untrusted {
+        Access::Allowed
+    } else {
+        Access::Trusted
+    }
+}
+
+/// The refusal for a build user with no running build (seed-style recursive Nix only
+/// serves the build that owns the uid).
+pub fn no_build_message(user: &str) -> String {
+    format!("user '{user}' is a build user, but no build is running as that user")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -482,6 +516,17 @@ mod tests {
         );
         assert_eq!(Access::Allowed.client_trust(), ClientTrust::Untrusted);
         assert!(Access::Trusted.is_trusted() && !Access::Allowed.is_trusted());
+        assert_eq!(Decision::Trusted.without_trust(), Decision::Allowed);
+        assert_eq!(
+            Decision::Reject("m".into()).without_trust(),
+            Decision::Reject("m".into())
+        );
+        assert_eq!(
+            Decision::BuildUser { uid: 3 }.without_trust(),
+            Decision::BuildUser { uid: 3 }
+        );
+        assert_eq!(stdio_access(false), Access::Trusted);
+        assert_eq!(stdio_access(true), Access::Allowed);
     }
 
     #[test]

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use crate::auth::Access;
 use crate::config::Settings;
 
 /// `--version` output: our version, then the Nix-compatible string clients see.
@@ -148,14 +147,6 @@ pub fn check_trust_override(
     Ok(())
 }
 
-/// The standing of a `--stdio` peer: trusted unless `--force-untrusted`.
-pub fn stdio_access(trust: TrustOverride) -> Access {
-    match trust {
-        TrustOverride::ForceUntrusted => Access::Allowed,
-        TrustOverride::Default | TrustOverride::ForceTrusted => Access::Trusted,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,8 +229,6 @@ mod tests {
                 .unwrap_err()
                 .contains("--stdio")
         );
-        assert_eq!(stdio_access(Default), Access::Trusted);
-        assert_eq!(stdio_access(ForceUntrusted), Access::Allowed);
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub const MAX_INCLUDE_DEPTH: usize = 32;
 /// Configuration files larger than this are refused rather than read into memory.
 pub const MAX_CONF_FILE_SIZE: u64 = 16 << 20;
 
-/// The name of the standard daemon socket unit; also the fd name systemd passes us.
+/// `NIX_STORE_DIR` default.
 pub const DEFAULT_NIX_STORE_DIR: &str = "/nix/store";
 /// `NIX_STATE_DIR` default.
 pub const DEFAULT_NIX_STATE_DIR: &str = "/nix/var/nix";

@@ -284,9 +284,21 @@ pub fn answer(registry: &Registry, line: &str) -> Reply {
 
 /// Creates `<state>/nixnest/` (0700) and binds the control socket (0600) in it.
 pub fn bind_control_socket(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
+    // Someone else's directory (or a symlink) could let them swap the socket.
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "'{}' is not a directory owned by uid {me}; refusing to put the control socket there",
+                dir.display()
+            ),
+        ));
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let listener = crate::listener::bind_unix_socket(path, 0o600, 16)?;
     Ok(listener)
@@ -536,6 +548,25 @@ mod tests {
             serde_json::from_str::<Reply>(&text),
             Ok(Reply::Status { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn control_directory_must_be_ours_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = control_socket_path(dir.path());
+        let _socket = bind_control_socket(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let linked = dir.path().join("linked");
+        std::fs::create_dir(&linked).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, linked.join("nixnest")).unwrap();
+        let err = bind_control_socket(&control_socket_path(&linked)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! # Per connection
 //!
 //! `SO_PEERCRED` → [`resolve_peer`] (NSS, on the blocking pool) → [`authorize`]. A
-//! rejection is logged and the socket closed without a protocol byte, as CppNix does.
+//! `BuildUser` decision stands only if the [`Registry`] has a build running as that uid.
+//! A rejection is logged and the socket closed without a protocol byte, as CppNix does.
 //! Otherwise the session is registered and the handler runs with the stream, the
 //! [`Access`], the daemon settings and a [`Shutdown`] it can watch.
 //!
@@ -46,7 +47,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::auth::{Access, Decision, PeerInfo, authorize, peer_credentials, resolve_peer};
+use crate::auth::{
+    Access, Decision, PeerInfo, authorize, no_build_message, peer_credentials, resolve_peer,
+};
 use crate::config::Settings;
 use crate::control::{Registry, SessionGuard};
 
@@ -619,9 +622,16 @@ async fn serve_connection<H: Handler>(
                 ..PeerInfo::default()
             });
         let mut decision = authorize(&peer, &shared.settings);
-        if shared.force_untrusted && decision == Decision::Trusted {
-            decision = Decision::Allowed;
+        if shared.force_untrusted {
+            decision = decision.without_trust();
         }
+        // A build user is only served while a build runs as that uid (fail closed).
+        decision = match decision {
+            Decision::BuildUser { uid } if shared.registry.build_for_uid(uid).is_none() => {
+                Decision::Reject(no_build_message(&peer.user()))
+            }
+            other => other,
+        };
         let access = match decision.into_access() {
             Ok(access) => access,
             Err(message) => {

@@ -174,7 +174,7 @@ async fn serve_stdio(settings: Arc<Settings>, trust: TrustOverride) -> MainResul
     let (trigger, shutdown) = listener::shutdown_channel();
     let (stop, force) = signals()?;
     let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    let access = cli::stdio_access(trust);
+    let access = nixnest_daemon::auth::stdio_access(trust == TrustOverride::ForceUntrusted);
     let session = listener::serve_one(
         &PlaceholderHandler,
         stream,

@@ -415,3 +415,33 @@ async fn futures_connect(path: &Path, n: usize) -> Vec<UnixStream> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_users_need_a_running_build() {
+    let handler = Arc::new(Gated::default());
+    handler.gate.add_permits(10);
+    let my_group = nixnest_daemon::auth::resolve_peer(me()).group();
+    let running = start(Arc::clone(&handler), move |s, _| {
+        // Pretend this process is a build user.
+        s.build_users_group = my_group;
+        s.allow_build_user_connections = true;
+    });
+    // No build runs as our uid: refused without a byte.
+    let stream = UnixStream::connect(&running.socket).await.unwrap();
+    assert_eq!(read_all(stream).await, "");
+    assert_eq!(handler.served.load(Ordering::SeqCst), 0);
+
+    let build = running.registry.register_build(control::NewBuild {
+        drv_path: "/nix/store/00000000000000000000000000000000-seed.drv".into(),
+        build_uid: Some(me().uid),
+        session: None,
+    });
+    let stream = UnixStream::connect(&running.socket).await.unwrap();
+    assert_eq!(read_all(stream).await, "build-user 2\n");
+
+    drop(build);
+    let stream = UnixStream::connect(&running.socket).await.unwrap();
+    assert_eq!(read_all(stream).await, "");
+    running.stop.send(()).unwrap();
+    running.done.await.unwrap();
+}
