@@ -1495,7 +1495,10 @@ impl Settings {
                 ignored.push(ignore(name, value, IgnoreReason::Obsolete));
                 continue;
             }
-            if canonical == Some("experimental-features") {
+            let appended = name.strip_prefix("extra-").and_then(Self::canonical_name);
+            if canonical == Some("experimental-features")
+                || appended == Some("experimental-features")
+            {
                 ignored.push(ignore(name, value, IgnoreReason::ExperimentalFeatures));
                 continue;
             }
@@ -2066,6 +2069,7 @@ mod tests {
             ("ssh-auth-sock", "/tmp/x", Trusted, Ignored(R::Obsolete)),
             ("experimental-features", "ca-derivations", Trusted, Ignored(R::ExperimentalFeatures)),
             ("experimental-features", "ca-derivations", Untrusted, Ignored(R::ExperimentalFeatures)),
+            ("extra-experimental-features", "recursive-nix", Trusted, Ignored(R::ExperimentalFeatures)),
             ("plugin-files", "/x.so", Trusted, Ignored(R::PluginFiles)),
             // trusted: everything known
             ("sandbox", "false", Trusted, Value("sandbox", "false")),
