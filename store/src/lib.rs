@@ -9,11 +9,13 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod buildlog;
 mod canonicalise;
 pub mod config;
 pub mod db;
 mod drv;
 pub mod error;
+mod export;
 mod fsutil;
 pub mod gc;
 #[cfg(test)]
@@ -33,7 +35,9 @@ mod store;
 pub mod temproots;
 #[cfg(test)]
 mod testutil;
+mod verify;
 
+pub use buildlog::BuildLogWriter;
 pub use config::{PublicKey, StoreConfig};
 pub use error::{Error, Result};
 pub use gc::{GcAction, GcOptions, GcResults, Roots};
@@ -41,6 +45,7 @@ pub use logger::{Logger, NullLogger, Verbosity};
 pub use optimise::OptimiseStats;
 pub use store::LocalStore;
 pub use temproots::TempRoots;
+pub use verify::VerifyResult;
 
 impl LocalStore {
     /// Starts a temp-roots session (one per client connection or build): roots added to
