@@ -396,3 +396,62 @@ fn links_with_one_link_are_removed() {
     assert!(!l.join("lonely").exists());
     assert!(l.join("shared").exists());
 }
+
+/// A NAR reader that delivers the first half, then blocks until released.
+struct Paused {
+    data: Vec<u8>,
+    pos: usize,
+    half_sent: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+    paused: bool,
+}
+
+impl std::io::Read for Paused {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let half = self.data.len() / 2;
+        if self.pos >= half && !self.paused {
+            self.paused = true;
+            self.half_sent.send(()).unwrap();
+            self.release.recv().unwrap();
+        }
+        let end = if self.paused { self.data.len() } else { half };
+        let n = buf.len().min(end - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn temp_root_protects_a_path_being_added() {
+    let (_d, s) = new_store_with(|c| c.require_sigs = false);
+    let nar = crate::ingest_tests::dir_nar("in-flight");
+    let info = crate::ingest_tests::info_for(&s, "in-flight", &nar);
+    let (half_tx, half_rx) = std::sync::mpsc::channel();
+    let (rel_tx, rel_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|sc| {
+        let s = &s;
+        let info2 = info.clone();
+        let adder = sc.spawn(move || {
+            let tr = s.temp_roots_session();
+            let mut r = Paused {
+                data: nar,
+                pos: 0,
+                half_sent: half_tx,
+                release: rel_rx,
+                paused: false,
+            };
+            s.add_to_store_nar(&info2, &mut r, false, false, &tr, &NullLogger)
+        });
+        half_rx.recv().unwrap();
+        // Mid-add: the temporary object exists in the store dir; a GC must not touch it.
+        let before = crate::ingest_tests::store_entries(s);
+        assert_eq!(before.len(), 2, "temp object + lock file: {before:?}");
+        let r = gc(s);
+        assert!(r.paths.is_empty(), "GC deleted {:?}", r.paths);
+        rel_tx.send(()).unwrap();
+        adder.join().unwrap().unwrap();
+    });
+    assert!(s.is_valid_path(&info.path).unwrap());
+    assert!(!s.verify_store(true, false, &NullLogger).unwrap().errors);
+}
