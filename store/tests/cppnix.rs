@@ -316,7 +316,7 @@ fn store_filled_by_cppnix_is_read_identically() {
     assert_eq!(log, b"building\n");
     // Its auto root (./result) is a root for us.
     let roots = s.find_roots(false, &NullLogger).unwrap();
-    assert!(roots[&s.print(&out)].contains(&result.to_string_lossy().into_owned()));
+    assert!(roots[&out].contains(&result.to_string_lossy().into_owned()));
     // NAR of every path: ours equals CppNix's dump.
     for p in &paths {
         let mut ours = Vec::new();
@@ -355,7 +355,7 @@ fn export_import_round_trip_with_cppnix() {
     s.collect_garbage(
         &GcOptions {
             action: nixnest_store::GcAction::DeleteSpecific,
-            paths_to_delete: BTreeSet::from([a.clone()]),
+            paths_to_delete: BTreeSet::from([ap.clone()]),
             ..GcOptions::default()
         },
         &NullLogger,
