@@ -547,3 +547,52 @@ fn cppnix_gc_during_an_add_spares_it() {
     assert!(s.is_valid_path(&p).unwrap());
     env.nix_store(&["--verify", "--check-contents"]);
 }
+
+/// On our GC's first "deleting" message (so while it holds gc.lock), runs a CppNix
+/// `nix-store --add`, which must register its temp root through our roots socket.
+struct AddDuringGc<'a> {
+    env: &'a Env,
+    out: std::sync::Mutex<Option<Output>>,
+}
+
+impl nixnest_store::Logger for AddDuringGc<'_> {
+    fn log(&self, _level: nixnest_store::Verbosity, msg: &str) {
+        let mut out = self.out.lock().unwrap();
+        if out.is_none() && msg.starts_with("deleting '") {
+            *out = Some(
+                self.env
+                    .cmd("timeout")
+                    .args(["60", "nix-store", "--add", "late.txt"])
+                    .output()
+                    .unwrap(),
+            );
+        }
+    }
+}
+
+#[test]
+fn cppnix_adds_temp_root_through_our_gc_socket() {
+    let Some(env) = env() else { return };
+    let s = env.open();
+    std::fs::write(env.root().join("junk.txt"), b"junk").unwrap();
+    std::fs::write(env.root().join("late.txt"), b"late").unwrap();
+    env.nix_store(&["--add", "junk.txt"]);
+    let logger = AddDuringGc {
+        env: &env,
+        out: std::sync::Mutex::new(None),
+    };
+    let r = s.collect_garbage(&GcOptions::default(), &logger).unwrap();
+    let o = logger
+        .out
+        .lock()
+        .unwrap()
+        .take()
+        .expect("GC deleted something");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let late = s
+        .parse_path(String::from_utf8(o.stdout).unwrap().trim())
+        .unwrap();
+    assert!(!r.paths.contains(&s.print(&late)));
+    assert!(s.is_valid_path(&late).unwrap());
+    assert!(s.real_store_dir().join(late.to_base_name()).exists());
+}
