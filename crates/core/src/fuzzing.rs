@@ -30,18 +30,17 @@ pub fn store_path(data: &[u8]) {
     if let Ok((p, rest)) = sd.split_path(s) {
         assert_eq!(format!("{}{rest}", sd.display(&p)), s);
     }
-    for parsed in [
+    let parsed = [
         DerivedPath::parse(&sd, s),
         DerivedPath::parse_legacy(&sd, s),
-    ] {
-        if let Ok(dp) = parsed {
-            assert_eq!(
-                DerivedPath::parse(&sd, &dp.print(&sd)).ok(),
-                Some(dp.clone())
-            );
-            if let Ok(legacy) = dp.print_legacy(&sd) {
-                assert_eq!(DerivedPath::parse_legacy(&sd, &legacy).ok(), Some(dp));
-            }
+    ];
+    for dp in parsed.into_iter().flatten() {
+        assert_eq!(
+            DerivedPath::parse(&sd, &dp.print(&sd)).ok(),
+            Some(dp.clone())
+        );
+        if let Ok(legacy) = dp.print_legacy(&sd) {
+            assert_eq!(DerivedPath::parse_legacy(&sd, &legacy).ok(), Some(dp));
         }
     }
     if let Ok(ca) = ContentAddress::parse(s) {

@@ -38,6 +38,7 @@ pub mod store_path;
 pub use content_address::{ContentAddress, ContentAddressMethod};
 pub use derivation::{
     BasicDerivation, Derivation, DerivationOutput, DerivationType, DrvHashModulo, DrvHashes,
+    DrvOutput,
 };
 pub use derived_path::{DerivedPath, OutputsSpec};
 pub use error::{Error, Result};
