@@ -68,6 +68,15 @@ pub enum Error {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 
+    /// A value that is well-formed on the wire but not as a Nix value (a path outside
+    /// the store, a bad hash, a bad content address, …).
+    #[error("{field}: {source}")]
+    Value {
+        field: &'static str,
+        #[source]
+        source: nixnest_core::Error,
+    },
+
     #[error("unknown stderr message type {0:#x} from the daemon")]
     UnknownStderrCode(u64),
 
@@ -92,6 +101,11 @@ impl Error {
             field,
             reason: reason.into(),
         }
+    }
+
+    /// Wraps a core parse error with the field it came from.
+    pub fn value(field: &'static str) -> impl FnOnce(nixnest_core::Error) -> Error {
+        move |source| Error::Value { field, source }
     }
 
     /// True when the error leaves the byte stream at an unknown position, so the

@@ -16,8 +16,8 @@
 pub mod error;
 pub mod framed;
 pub mod handshake;
-mod placeholder;
 pub mod stderr;
+pub mod types;
 pub mod version;
 pub mod wire;
 

@@ -20,7 +20,7 @@ use std::future::Future;
 
 use tokio::io::AsyncRead;
 
-pub use crate::placeholder::StoreDir;
+pub use nixnest_core::StoreDir;
 pub use reader::WireReader;
 pub use writer::WireWriter;
 
