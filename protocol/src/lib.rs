@@ -16,6 +16,8 @@
 pub mod error;
 pub mod framed;
 pub mod handshake;
+pub mod request;
+pub mod response;
 pub mod stderr;
 pub mod types;
 pub mod version;
