@@ -24,6 +24,8 @@ pub mod version;
 pub mod wire;
 
 #[cfg(test)]
+mod exchange_tests;
+#[cfg(test)]
 mod testutil;
 
 pub use error::{Error, Result};
