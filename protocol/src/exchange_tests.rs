@@ -322,7 +322,7 @@ fn keyed_build_result_capture() {
             ..BuildResult::new(BuildStatus::Built)
         },
     }]);
-    assert_eq!(replies, [expected.clone()]);
+    assert_eq!(replies, std::slice::from_ref(&expected));
     let mut w = WireWriter::new(v, StoreDir::default());
     StderrMessage::Last.encode(&mut w);
     expected.encode(&mut w);
