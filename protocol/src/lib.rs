@@ -13,9 +13,11 @@
 // unwrap/expect are fine in tests (COMMON.md); never on peer bytes in library code.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod client;
 pub mod error;
 pub mod framed;
 pub mod handshake;
+pub mod nar;
 pub mod request;
 pub mod response;
 pub mod stderr;
