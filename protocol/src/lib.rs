@@ -24,6 +24,7 @@ pub mod stderr;
 pub mod types;
 pub mod version;
 pub mod wire;
+pub mod wiretap;
 
 #[cfg(test)]
 mod exchange_tests;

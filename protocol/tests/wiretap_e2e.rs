@@ -1,0 +1,529 @@
+//! End to end: the real Nix 2.8 client and daemon talk through `nixnest-wiretap`, which
+//! must decode every byte of every connection. Needs root and the host's `nix-daemon`;
+//! skips with a message otherwise.
+//!
+//! The daemon runs on a throwaway store under /tmp (its own NIX_STORE_DIR, state, log
+//! and conf dirs); the scripted session covers the commands of spec §10 (add, add-fixed,
+//! queries, builds, logs, export/import, `nix copy` both ways, copy-log, sign, verify,
+//! gc, optimise) plus a session of our own `DaemonClient` for the ops the CLI does not
+//! send. The test asserts zero decode errors and that every opcode those commands send
+//! was seen, and prints the opcodes it saw.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nixnest_core::{ContentAddressMethod, HashAlgo, StoreDir};
+use nixnest_protocol::Error;
+use nixnest_protocol::client::UnixDaemonClient;
+use nixnest_protocol::request::{Opcode, Request};
+use nixnest_protocol::response::Response;
+use nixnest_protocol::types::ClientSettings;
+use nixnest_protocol::version::ProtocolVersion;
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Env {
+    dir: PathBuf,
+    tap_sock: PathBuf,
+    tap_log: PathBuf,
+    store_dir: String,
+}
+
+impl Env {
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        let d = &self.dir;
+        c.env("NIX_STORE_DIR", d.join("store"))
+            .env("NIX_STATE_DIR", d.join("state"))
+            .env("NIX_LOG_DIR", d.join("log"))
+            .env("NIX_CONF_DIR", d.join("conf"))
+            .env("NIX_REMOTE", format!("unix://{}", self.tap_sock.display()))
+            .env("HOME", d.join("home"))
+            .env_remove("NIX_PATH")
+            .current_dir(d);
+        c
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> String {
+        let out = self.cmd(prog).args(args).output().unwrap();
+        check(prog, args, &out);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn run_stdin(&self, prog: &str, args: &[&str], input: &Path) -> String {
+        let out = self
+            .cmd(prog)
+            .args(args)
+            .stdin(std::fs::File::open(input).unwrap())
+            .output()
+            .unwrap();
+        check(prog, args, &out);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn run_stdout_to(&self, prog: &str, args: &[&str], to: &Path) {
+        let out = self
+            .cmd(prog)
+            .args(args)
+            .stdout(std::fs::File::create(to).unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        check(prog, args, &out);
+    }
+}
+
+fn check(prog: &str, args: &[&str], out: &Output) {
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+}
+
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn log_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits until every connection the tap opened has closed, then returns the log.
+fn settled_log(path: &Path) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let lines = log_lines(path);
+        let opened = lines.iter().filter(|l| l["event"] == "open").count();
+        let closed = lines.iter().filter(|l| l["event"] == "close").count();
+        if opened == closed || start.elapsed() > Duration::from_secs(20) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn last_line(s: &str) -> String {
+    s.lines().last().unwrap_or("").trim().to_string()
+}
+
+#[test]
+fn nix_2_8_through_the_wiretap() {
+    if !is_root() {
+        eprintln!("skipping: needs root (the Nix 2.8 daemon runs builds as root here)");
+        return;
+    }
+    for prog in [
+        "nix-daemon",
+        "nix-store",
+        "nix-build",
+        "nix-instantiate",
+        "nix",
+        "busybox",
+    ] {
+        if which(prog).is_none() {
+            eprintln!("skipping: {prog} not found on PATH");
+            return;
+        }
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("nnt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    for sub in ["store", "state", "log", "conf", "home", "bb/bin"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::write(
+        dir.join("conf/nix.conf"),
+        "build-users-group =\nsubstituters =\nexperimental-features = nix-command\nsandbox = false\n",
+    )
+    .unwrap();
+    let daemon_sock = dir.join("daemon.sock");
+    let env = Env {
+        tap_sock: dir.join("tap.sock"),
+        tap_log: dir.join("tap.log"),
+        store_dir: dir.join("store").display().to_string(),
+        dir: dir.clone(),
+    };
+
+    let daemon = KillOnDrop(
+        env.cmd("nix-daemon")
+            .env("NIX_DAEMON_SOCKET_PATH", &daemon_sock)
+            .env_remove("NIX_REMOTE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&daemon_sock);
+    let tap = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_nixnest-wiretap"))
+            .args(["--listen", env.tap_sock.to_str().unwrap()])
+            .args(["--daemon", daemon_sock.to_str().unwrap()])
+            .args(["--log", env.tap_log.to_str().unwrap()])
+            .args(["--store-dir", &env.store_dir])
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&env.tap_sock);
+
+    // --- inputs ---
+    std::fs::write(dir.join("hello.txt"), "hello world\n").unwrap();
+    std::fs::write(dir.join("flat.txt"), "flat content\n").unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bb/bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", dir.join("bb/bin/sh")).unwrap();
+    std::fs::write(
+        dir.join("build.nix"),
+        r#"let dep = derivation { name = "dep"; system = builtins.currentSystem;
+              builder = "${./bb}/bin/sh"; args = ["-c" "echo building dep; echo dep > $out"]; };
+in derivation { name = "simple"; system = builtins.currentSystem;
+                builder = "${./bb}/bin/sh";
+                args = ["-c" "echo building simple; echo ${dep} > $out"]; }
+"#,
+    )
+    .unwrap();
+
+    // --- adding ---
+    let hello = last_line(&env.run("nix-store", &["--add", "hello.txt"]));
+    let flat = last_line(&env.run("nix-store", &["--add-fixed", "sha256", "flat.txt"]));
+    env.run(
+        "nix-store",
+        &["--add-fixed", "--recursive", "sha1", "flat.txt"],
+    );
+
+    // --- building ---
+    let result = dir.join("result");
+    let out = last_line(&env.run("nix-build", &["build.nix", "-o", result.to_str().unwrap()]));
+    let drv = last_line(&env.run("nix-instantiate", &["build.nix"]));
+    env.run("nix-store", &["-q", "--outputs", &drv]);
+    env.run("nix-store", &["--realise", &drv]);
+    env.run("nix-store", &["--realise", "--check", &drv]);
+    env.run("nix", &["build", "-f", "build.nix", "--no-link"]);
+
+    // --- queries ---
+    let dep = last_line(&env.run("nix-store", &["-q", "--references", &out]));
+    assert!(dep.ends_with("-dep"), "{dep}");
+    let referrers = env.run("nix-store", &["-q", "--referrers", &dep]);
+    assert!(referrers.contains(&out));
+    env.run("nix-store", &["-q", "--requisites", &out]);
+    env.run("nix-store", &["-q", "--deriver", &out]);
+    env.run("nix-store", &["-q", "--hash", &out]);
+    env.run("nix-store", &["-q", "--size", &out]);
+    env.run("nix-store", &["-q", "--roots", &out]);
+    env.run("nix", &["path-info", "--all"]);
+    env.run("nix", &["path-info", "-r", &out]);
+    let log = env.run("nix", &["log", &out]);
+    assert!(log.contains("building simple"), "{log}");
+
+    // --- signing ---
+    let (sk, pk) = (dir.join("sk"), dir.join("pk"));
+    env.run(
+        "nix-store",
+        &[
+            "--generate-binary-cache-key",
+            "test-key-1",
+            sk.to_str().unwrap(),
+            pk.to_str().unwrap(),
+        ],
+    );
+    env.run(
+        "nix",
+        &["store", "sign", "--key-file", sk.to_str().unwrap(), &hello],
+    );
+
+    // --- export / import ---
+    let exported = dir.join("hello.export");
+    env.run_stdout_to("nix-store", &["--export", &hello], &exported);
+    env.run("nix-store", &["--delete", &hello]);
+    env.run_stdin("nix-store", &["--import"], &exported);
+
+    // --- nix copy to and from a file:// store, copy-log ---
+    let cache = format!("file://{}", dir.join("cache").display());
+    let tap_store = format!("unix://{}", env.tap_sock.display());
+    env.run("nix", &["copy", "--to", &cache, &flat, &out]);
+    env.run("nix-store", &["--delete", &flat]);
+    env.run(
+        "nix",
+        &[
+            "copy",
+            "--no-check-sigs",
+            "--from",
+            &cache,
+            "--to",
+            &tap_store,
+            &flat,
+        ],
+    );
+    env.run("nix", &["store", "copy-log", "--to", &cache, &drv]);
+    env.run(
+        "nix",
+        &[
+            "store", "copy-log", "--from", &cache, "--to", &tap_store, &drv,
+        ],
+    );
+
+    // --- maintenance ---
+    env.run("nix-store", &["--verify", "--check-contents"]);
+    env.run("nix-store", &["--gc", "--print-dead"]);
+    env.run("nix-store", &["--gc", "--print-live"]);
+    env.run("nix-store", &["--gc", "--print-roots"]);
+    env.run("nix-store", &["--gc", "--max-freed", "1"]);
+    env.run("nix-store", &["--optimise"]);
+    env.run("nix-store", &["--gc"]);
+    env.run("nix", &["store", "ping"]);
+
+    // --- our own client, through the tap, for ops the CLI does not send ---
+    let sd = StoreDir::new(env.store_dir.clone()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(own_client_session(&env.tap_sock, sd.clone(), &out, &drv));
+    rt.block_on(unknown_op_session(&env.tap_sock, sd));
+
+    // --- what the tap saw ---
+    drop(tap);
+    drop(daemon);
+    let lines = settled_log(&env.tap_log);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &lines {
+        if l["dir"] == "c2d" {
+            if let Some(op) = l["op"].as_str().filter(|_| l.get("decode_error").is_none()) {
+                *seen.entry(op.to_string()).or_default() += 1;
+            }
+        }
+    }
+    eprintln!("opcodes seen through the wiretap:");
+    for (op, n) in &seen {
+        eprintln!("  {op:30} {n}");
+    }
+    let errors: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("decode_error").is_some())
+        .collect();
+    // The one deliberate error: an unknown opcode cannot be decoded (and 2.8 closes).
+    assert_eq!(errors.len(), 1, "decode errors: {errors:#?}");
+    assert!(
+        errors[0]["decode_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid operation 999")
+    );
+    let replies = lines
+        .iter()
+        .filter(|l| l["dir"] == "d2c" && l.get("result").is_some())
+        .count();
+    let requests = lines
+        .iter()
+        .filter(|l| l["dir"] == "c2d" && l["op"].is_string() && l.get("decode_error").is_none())
+        .count();
+    if requests != replies {
+        let mut per_conn: BTreeMap<u64, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for l in &lines {
+            let conn = l["conn"].as_u64().unwrap_or(0);
+            let op = l["op"].as_str().unwrap_or("").to_string();
+            if l["dir"] == "c2d" && !op.is_empty() {
+                per_conn.entry(conn).or_default().0.push(op);
+            } else if l["dir"] == "d2c" && l.get("result").is_some() {
+                per_conn.entry(conn).or_default().1.push(op);
+            }
+        }
+        per_conn.retain(|_, (a, b)| a.len() != b.len());
+        panic!("requests without a decoded reply: {per_conn:#?}");
+    }
+
+    let expected = [
+        Opcode::IsValidPath,
+        Opcode::QueryReferrers,
+        Opcode::AddToStore,
+        Opcode::BuildPaths,
+        Opcode::EnsurePath,
+        Opcode::AddTempRoot,
+        Opcode::AddIndirectRoot,
+        Opcode::FindRoots,
+        Opcode::SetOptions,
+        Opcode::CollectGarbage,
+        Opcode::QueryAllValidPaths,
+        Opcode::QueryPathInfo,
+        Opcode::QueryValidPaths,
+        Opcode::OptimiseStore,
+        Opcode::VerifyStore,
+        Opcode::AddSignatures,
+        Opcode::AddToStoreNar,
+        Opcode::QueryMissing,
+        Opcode::QueryDerivationOutputMap,
+        Opcode::AddMultipleToStore,
+        Opcode::AddBuildLog,
+        Opcode::BuildPathsWithResults,
+        // from our own client
+        Opcode::NarFromPath,
+        Opcode::AddTextToStore,
+        Opcode::QueryPathFromHashPart,
+        Opcode::QueryValidDerivers,
+        Opcode::QuerySubstitutablePaths,
+        Opcode::QuerySubstitutablePathInfos,
+        Opcode::QueryDeriver,
+        Opcode::SyncWithGC,
+        Opcode::ExportPath,
+        Opcode::QueryPathHash,
+        Opcode::QueryDerivationOutputNames,
+    ];
+    let missing: Vec<&str> = expected
+        .iter()
+        .map(|o| o.name())
+        .filter(|o| !seen.contains_key(*o))
+        .collect();
+    assert!(missing.is_empty(), "opcodes never seen: {missing:?}");
+    let unknown: BTreeSet<&String> = seen
+        .keys()
+        .filter(|k| !Opcode::ALL.iter().any(|o| o.name() == *k))
+        .collect();
+    assert!(unknown.is_empty(), "{unknown:?}");
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+async fn own_client_session(sock: &Path, sd: StoreDir, out: &str, drv: &str) {
+    let mut c = UnixDaemonClient::connect(sock, sd.clone()).await.unwrap();
+    assert_eq!(c.version(), ProtocolVersion::new(1, 34));
+    assert_eq!(
+        c.negotiated().info.daemon_nix_version.as_deref(),
+        Some("2.8.0")
+    );
+    c.set_options(&ClientSettings::default()).await.unwrap();
+    let out = sd.parse_path(out).unwrap();
+    let drv = sd.parse_path(drv).unwrap();
+    assert!(c.is_valid_path(&out).await.unwrap());
+    let info = c.query_path_info(&out).await.unwrap().unwrap();
+    assert_eq!(info.deriver.as_ref(), Some(&drv));
+
+    // NarFromPath: the NAR must hash to the recorded narHash.
+    let mut nar = Vec::new();
+    let n = c.nar_from_path(&out, &mut nar).await.unwrap();
+    assert_eq!(n, info.nar_size);
+    assert_eq!(nixnest_core::Hash::sha256(&nar), info.nar_hash);
+
+    // A failing op leaves the connection usable.
+    let missing = sd
+        .parse_path(&format!(
+            "{}/00000000000000000000000000000000-missing",
+            sd.as_str()
+        ))
+        .unwrap();
+    match c.ensure_path(&missing).await {
+        Err(Error::Remote(e)) => assert!(e.msg.contains("does not exist"), "{e}"),
+        other => panic!("expected a daemon error, got {other:?}"),
+    }
+    assert!(!c.is_valid_path(&missing).await.unwrap());
+    assert!(c.query_path_info(&missing).await.unwrap().is_none());
+
+    let text = c
+        .add_text_to_store("text-file", b"some text\n", &BTreeSet::new())
+        .await
+        .unwrap();
+    assert!(c.is_valid_path(&text).await.unwrap());
+    let hash_part = out.hash_part();
+    assert_eq!(
+        c.query_path_from_hash_part(&hash_part).await.unwrap(),
+        Some(out.clone())
+    );
+    assert!(c.query_valid_derivers(&out).await.unwrap().contains(&drv));
+    let mut data: &[u8] = b"added by the protocol client\n";
+    let added = c
+        .add_to_store(
+            "client.txt",
+            ContentAddressMethod::Flat,
+            HashAlgo::Sha256,
+            &BTreeSet::new(),
+            false,
+            &mut data,
+        )
+        .await
+        .unwrap();
+    assert!(added.ca.is_some());
+    for req in [
+        Request::QuerySubstitutablePaths([out.clone()].into()),
+        Request::QuerySubstitutablePathInfos([(out.clone(), None)].into()),
+        Request::QueryDeriver(out.clone()),
+        Request::SyncWithGC,
+        Request::QueryPathHash(out.clone()),
+        Request::QueryDerivationOutputNames(drv.clone()),
+    ] {
+        let reply = c.call(&req).await.unwrap();
+        if let Request::QueryDeriver(_) = req {
+            assert_eq!(reply, Response::OptPath(Some(drv.clone())));
+        }
+    }
+    let record = c.export_path(&added.path).await.unwrap();
+    assert!(record.len() > 100);
+}
+
+/// An unknown opcode: Nix 2.8 answers with STDERR_ERROR (twice) and closes; the tap
+/// must report exactly that it could not decode the request.
+async fn unknown_op_session(sock: &Path, sd: StoreDir) {
+    use nixnest_protocol::handshake::client_handshake;
+    use nixnest_protocol::version::FeatureSet;
+    use nixnest_protocol::wire::{WireReader, WireWriter};
+    let stream = tokio::net::UnixStream::connect(sock).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    let v = ProtocolVersion::LATEST;
+    let mut r = WireReader::new(tokio::io::BufReader::new(rd), v, sd.clone());
+    let mut w = WireWriter::new(v, sd);
+    client_handshake(&mut r, &mut w, &mut wr, v, &FeatureSet::new(), |_| {})
+        .await
+        .unwrap();
+    w.write_u64(999);
+    w.flush_into(&mut wr).await.unwrap();
+    match <nixnest_protocol::stderr::StderrMessage as nixnest_protocol::wire::WireType>::decode(
+        &mut r,
+    )
+    .await
+    {
+        Ok(nixnest_protocol::stderr::StderrMessage::Error(e)) => {
+            assert!(e.msg.contains("invalid operation"), "{e}")
+        }
+        other => panic!("expected STDERR_ERROR, got {other:?}"),
+    }
+}
