@@ -320,10 +320,10 @@ in derivation { name = "simple"; system = builtins.currentSystem;
     let lines = settled_log(&env.tap_log);
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for l in &lines {
-        if l["dir"] == "c2d" {
-            if let Some(op) = l["op"].as_str().filter(|_| l.get("decode_error").is_none()) {
-                *seen.entry(op.to_string()).or_default() += 1;
-            }
+        if l["dir"] == "c2d"
+            && let Some(op) = l["op"].as_str().filter(|_| l.get("decode_error").is_none())
+        {
+            *seen.entry(op.to_string()).or_default() += 1;
         }
     }
     eprintln!("opcodes seen through the wiretap:");
