@@ -29,6 +29,8 @@ pub mod wiretap;
 #[cfg(test)]
 mod exchange_tests;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod testutil;
 
 pub use error::{Error, Result};
