@@ -13,6 +13,7 @@
 //! | [`content_address`] | `ContentAddress`, `ContentAddressMethod` |
 //! | [`path_info`] | `ValidPathInfo`, fingerprints |
 //! | [`signature`] | Ed25519 keys and detached signatures |
+//! | [`derivation`] | `Derivation`, ATerm `.drv`, `hashDerivationModulo`, output paths |
 //! | [`derived_path`] | `DerivedPath`, `OutputsSpec` |
 //! | [`references`] | the reference scanner used after builds |
 //! | [`error`] | the crate's one error type |
@@ -21,8 +22,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod content_address;
+pub mod derivation;
 pub mod derived_path;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod nixbase32;
 pub mod path_info;
@@ -31,6 +35,10 @@ pub mod signature;
 pub mod store_path;
 
 pub use content_address::{ContentAddress, ContentAddressMethod};
+pub use derivation::{
+    BasicDerivation, Derivation, DerivationOutput, DerivationType, DrvHashModulo, DrvHashes,
+    DrvOutput,
+};
 pub use derived_path::{DerivedPath, OutputsSpec};
 pub use error::{Error, Result};
 pub use hash::{Hash, HashAlgo, Hasher, HashingReader, HashingWriter};
