@@ -344,7 +344,7 @@ where
     pub async fn build_derivation(
         &mut self,
         drv_path: &StorePath,
-        drv: &crate::types::BasicDerivation,
+        drv: &nixnest_core::BasicDerivation,
         mode: BuildMode,
     ) -> Result<BuildResult> {
         let req = Request::BuildDerivation {

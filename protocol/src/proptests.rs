@@ -8,8 +8,8 @@ use proptest::collection::{btree_map, btree_set, vec};
 use proptest::prelude::*;
 
 use nixnest_core::{
-    ContentAddress, ContentAddressMethod, DerivedPath, Hash, HashAlgo, OutputsSpec, StoreDir,
-    StorePath, ValidPathInfo,
+    BasicDerivation, ContentAddress, ContentAddressMethod, DerivationOutput, DerivedPath, Hash,
+    HashAlgo, OutputsSpec, StoreDir, StorePath, ValidPathInfo,
 };
 
 use crate::request::{AddToStoreRequest, RealisationKey, RegisterDrvOutput, Request};
@@ -282,9 +282,21 @@ fn gc_options() -> impl Strategy<Value = GcOptions> {
         })
 }
 
-fn basic_derivation() -> impl Strategy<Value = BasicDerivation> {
+fn derivation_output() -> impl Strategy<Value = DerivationOutput> {
+    prop_oneof![
+        store_path().prop_map(DerivationOutput::InputAddressed),
+        content_address().prop_map(DerivationOutput::CAFixed),
+        method_algo().prop_map(|(method, algo)| DerivationOutput::CAFloating { method, algo }),
+        Just(DerivationOutput::Deferred),
+        method_algo().prop_map(|(method, algo)| DerivationOutput::Impure { method, algo }),
+    ]
+}
+
+/// A drv path and a BasicDerivation named after it.
+fn basic_derivation() -> impl Strategy<Value = (StorePath, BasicDerivation)> {
     (
-        btree_map(output_name(), (text(), text(), text()), 0..3),
+        drv_path(),
+        btree_map(output_name(), derivation_output(), 0..3),
         paths(),
         text(),
         text(),
@@ -292,25 +304,18 @@ fn basic_derivation() -> impl Strategy<Value = BasicDerivation> {
         btree_map(text(), text(), 0..3),
     )
         .prop_map(
-            |(outs, input_srcs, platform, builder, args, env)| BasicDerivation {
-                outputs: outs
-                    .into_iter()
-                    .map(|(n, (path, hash_algo, hash))| {
-                        (
-                            n,
-                            DerivationOutput {
-                                path,
-                                hash_algo,
-                                hash,
-                            },
-                        )
-                    })
-                    .collect(),
-                input_srcs,
-                platform,
-                builder,
-                args,
-                env,
+            |(drv_path, outputs, input_srcs, platform, builder, args, env)| {
+                let name = drv_path.derivation_name().unwrap().to_owned();
+                let drv = BasicDerivation {
+                    name,
+                    outputs,
+                    input_srcs,
+                    platform,
+                    builder,
+                    args,
+                    env,
+                };
+                (drv_path, drv)
             },
         )
 }
@@ -390,7 +395,7 @@ fn request() -> impl Strategy<Value = Request> {
             check_contents: c,
             repair: r
         }),
-        (drv_path(), basic_derivation(), build_mode()).prop_map(|(drv_path, drv, mode)| {
+        (basic_derivation(), build_mode()).prop_map(|((drv_path, drv), mode)| {
             Request::BuildDerivation {
                 drv_path,
                 drv,
@@ -634,7 +639,7 @@ fn response_for() -> impl Strategy<Value = (Request, Response)> {
         vec(p(), 0..3).prop_map(|v| (Request::ImportPaths, Response::PathList(v))),
         (drv_path(), btree_set(output_name(), 0..3))
             .prop_map(|(d, s)| (Request::QueryDerivationOutputNames(d), Response::Strings(s))),
-        (drv_path(), basic_derivation(), build_result()).prop_map(|(drv_path, drv, r)| (
+        (basic_derivation(), build_result()).prop_map(|((drv_path, drv), r)| (
             Request::BuildDerivation {
                 drv_path,
                 drv,
@@ -715,7 +720,7 @@ fn normalise_response(
         }
         if with_path {
             for (name, real) in r.built_outputs.iter_mut() {
-                real.id = DrvOutput::placeholder(name);
+                real.id = placeholder_drv_output(name);
                 real.dependent_realisations.clear();
             }
         }
@@ -742,7 +747,7 @@ fn normalise_response(
                 };
                 r.dependent_realisations.clear();
                 if with_path {
-                    r.id = DrvOutput::placeholder(match req {
+                    r.id = placeholder_drv_output(match req {
                         Request::QueryRealisation(k) => k.output(),
                         _ => "",
                     });

@@ -12,13 +12,15 @@ use std::fmt;
 use tokio::io::AsyncRead;
 
 use nixnest_core::{
-    ContentAddress, ContentAddressMethod, DerivedPath, HashAlgo, StorePath, ValidPathInfo,
+    BasicDerivation, ContentAddress, ContentAddressMethod, DerivedPath, HashAlgo, StorePath,
+    ValidPathInfo,
 };
 
 use crate::error::{Error, Result};
 use crate::types::{
-    BasicDerivation, BuildMode, ClientSettings, DrvOutput, DrvOutputWithPath, GcOptions,
-    Realisation, SingleDerivedPath, UnkeyedRealisation, read_base_name, read_path, write_path,
+    BuildMode, ClientSettings, DrvOutput, DrvOutputWithPath, GcOptions, Realisation,
+    SingleDerivedPath, UnkeyedRealisation, read_base_name, read_basic_derivation, read_path,
+    write_basic_derivation, write_path,
 };
 use crate::version::{ProtocolVersion, feature};
 use crate::wire::{WireReader, WireType, WireWriter, limits};
@@ -496,7 +498,7 @@ impl Request {
                 mode,
             } => {
                 write_path(w, drv_path);
-                drv.encode(w);
+                write_basic_derivation(w, drv);
                 mode.encode(w);
             }
             R::AddSignatures { path, sigs } => {
@@ -668,11 +670,15 @@ impl Request {
                 check_contents: r.read_bool("checkContents").await?,
                 repair: r.read_bool("repair").await?,
             },
-            O::BuildDerivation => Request::BuildDerivation {
-                drv_path: read_path(r, "drvPath").await?,
-                drv: BasicDerivation::decode(r).await?,
-                mode: BuildMode::decode(r).await?,
-            },
+            O::BuildDerivation => {
+                let drv_path = read_path(r, "drvPath").await?;
+                let drv = read_basic_derivation(r, &drv_path).await?;
+                Request::BuildDerivation {
+                    drv_path,
+                    drv,
+                    mode: BuildMode::decode(r).await?,
+                }
+            }
             O::AddSignatures => {
                 let path = read_path(r, "path").await?;
                 let n = r.read_count(limits::ITEMS, "sigs").await?;

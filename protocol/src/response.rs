@@ -24,8 +24,8 @@ use nixnest_core::{Hash, HashAlgo, StorePath, ValidPathInfo};
 use crate::error::{Error, Result};
 use crate::request::{Opcode, RealisationKey, Request};
 use crate::types::{
-    BuildResult, DrvOutput, GcResult, KeyedBuildResult, Missing, Realisation,
-    SubstitutablePathInfo, UnkeyedRealisation, UnkeyedValidPathInfo, read_path, write_path,
+    BuildResult, GcResult, KeyedBuildResult, Missing, Realisation, SubstitutablePathInfo,
+    UnkeyedRealisation, UnkeyedValidPathInfo, placeholder_drv_output, read_path, write_path,
 };
 use crate::version::feature;
 use crate::wire::{Tagged, WireReader, WireType, WireWriter, limits};
@@ -239,7 +239,7 @@ impl Response {
                 };
                 let id = match req {
                     Request::QueryRealisation(RealisationKey::Id(id)) => id.clone(),
-                    _ => DrvOutput::placeholder(&output),
+                    _ => placeholder_drv_output(&output),
                 };
                 let from_unkeyed = |u: UnkeyedRealisation| Realisation {
                     id: id.clone(),

@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::io::AsyncRead;
 
-use nixnest_core::{DerivedPath, StorePath};
+use nixnest_core::{BasicDerivation, DerivationOutput, DerivedPath, DrvOutput, StorePath};
 
 use crate::error::{Error, Result};
-use crate::types::realisation::{DrvOutput, Realisation, UnkeyedRealisation};
+use crate::types::realisation::{Realisation, UnkeyedRealisation, placeholder_drv_output};
 use crate::version::feature;
 use crate::wire::{Tagged, WireReader, WireType, WireWriter, limits};
 
@@ -122,7 +122,7 @@ pub struct BuildResult {
     pub cpu_system: Option<i64>,
     /// Keyed by output name. Without the feature the wire key is the realisation's
     /// DrvOutput id; with it, the output name (and the id's hash is not sent: decoding
-    /// gives [`DrvOutput::placeholder`]).
+    /// gives [`placeholder_drv_output`]).
     pub built_outputs: BTreeMap<String, Realisation>,
 }
 
@@ -177,7 +177,7 @@ impl WireType for BuildResult {
                     let name = r.read_string(limits::SHORT, "output name").await?;
                     let u = UnkeyedRealisation::decode(r).await?;
                     let real = Realisation {
-                        id: DrvOutput::placeholder(&name),
+                        id: placeholder_drv_output(&name),
                         out_path: u.out_path,
                         signatures: u.signatures,
                         dependent_realisations: BTreeMap::new(),
@@ -247,73 +247,69 @@ impl WireType for KeyedBuildResult {
     }
 }
 
-/// One output of a BasicDerivation as sent: the same four strings as in the `.drv`
-/// ATerm (`path` and `hash` may be empty, `hashAlgo` is `[r:|text:]<algo>` or empty).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DerivationOutput {
-    pub path: String,
-    pub hash_algo: String,
-    pub hash: String,
+/// Reads a BasicDerivation (BuildDerivation's argument). Its name is not on the wire:
+/// it is the name of the drv path sent before it, minus `.drv`. Outputs are checked as
+/// in a `.drv` file (a fixed output's path must follow from its content address).
+pub async fn read_basic_derivation<R: AsyncRead + Unpin + Send>(
+    r: &mut WireReader<R>,
+    drv_path: &StorePath,
+) -> Result<BasicDerivation> {
+    let name = drv_path
+        .derivation_name()
+        .ok_or_else(|| Error::invalid("drvPath", format!("'{drv_path}' is not a .drv path")))?
+        .to_owned();
+    let n = r.read_count(limits::ITEMS, "outputs").await?;
+    let mut outputs = BTreeMap::new();
+    for _ in 0..n {
+        let output = r.read_string(limits::SHORT, "output name").await?;
+        let path = r.read_string(limits::STORE_PATH, "output path").await?;
+        let hash_algo = r.read_string(limits::SHORT, "output hashAlgo").await?;
+        let hash = r.read_string(limits::SHORT, "output hash").await?;
+        let out = DerivationOutput::from_aterm_fields(
+            r.store_dir(),
+            &name,
+            &output,
+            &path,
+            &hash_algo,
+            &hash,
+        )
+        .map_err(Error::value("derivation output"))?;
+        outputs.insert(output, out);
+    }
+    let input_srcs = BTreeSet::<StorePath>::decode(r).await?;
+    let platform = r.read_string(limits::SHORT, "platform").await?;
+    let builder = r.read_text("builder").await?;
+    let args = Vec::<String>::decode(r).await?;
+    let env = BTreeMap::<String, String>::decode(r).await?;
+    Ok(BasicDerivation {
+        name,
+        outputs,
+        input_srcs,
+        platform,
+        builder,
+        args,
+        env,
+    })
 }
 
-/// A derivation without `inputDrvs` (already resolved), as BuildDerivation sends it.
-/// Kept as the wire's strings; the daemon turns it into a core derivation (which
-/// validates paths and hashes) together with the drv path's name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BasicDerivation {
-    pub outputs: BTreeMap<String, DerivationOutput>,
-    pub input_srcs: BTreeSet<StorePath>,
-    pub platform: String,
-    pub builder: String,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-}
-
-impl WireType for BasicDerivation {
-    async fn decode<R: AsyncRead + Unpin + Send>(r: &mut WireReader<R>) -> Result<Self> {
-        let n = r.read_count(limits::ITEMS, "outputs").await?;
-        let mut outputs = BTreeMap::new();
-        for _ in 0..n {
-            let name = r.read_string(limits::SHORT, "output name").await?;
-            let path = r.read_string(limits::STORE_PATH, "output path").await?;
-            let hash_algo = r.read_string(limits::SHORT, "output hashAlgo").await?;
-            let hash = r.read_string(limits::SHORT, "output hash").await?;
-            outputs.insert(
-                name,
-                DerivationOutput {
-                    path,
-                    hash_algo,
-                    hash,
-                },
-            );
-        }
-        let input_srcs = BTreeSet::<StorePath>::decode(r).await?;
-        let platform = r.read_string(limits::SHORT, "platform").await?;
-        let builder = r.read_text("builder").await?;
-        let args = Vec::<String>::decode(r).await?;
-        let env = BTreeMap::<String, String>::decode(r).await?;
-        Ok(BasicDerivation {
-            outputs,
-            input_srcs,
-            platform,
-            builder,
-            args,
-            env,
-        })
+/// Writes a BasicDerivation: per output the same `(path, hashAlgo, hash)` strings as in
+/// the `.drv` file.
+pub fn write_basic_derivation(w: &mut WireWriter, drv: &BasicDerivation) {
+    w.write_u64(drv.outputs.len() as u64);
+    for (output, o) in &drv.outputs {
+        // Only a fixed output whose path cannot be computed fails here, and such a
+        // derivation could not have been read or built; its strings are left empty.
+        let (path, algo, hash) = o
+            .to_aterm_fields(w.store_dir(), &drv.name, output)
+            .unwrap_or_default();
+        w.write_str(output);
+        w.write_str(&path);
+        w.write_str(&algo);
+        w.write_str(&hash);
     }
-
-    fn encode(&self, w: &mut WireWriter) {
-        w.write_u64(self.outputs.len() as u64);
-        for (name, o) in &self.outputs {
-            w.write_str(name);
-            w.write_str(&o.path);
-            w.write_str(&o.hash_algo);
-            w.write_str(&o.hash);
-        }
-        self.input_srcs.encode(w);
-        w.write_str(&self.platform);
-        w.write_str(&self.builder);
-        self.args.encode(w);
-        self.env.encode(w);
-    }
+    drv.input_srcs.encode(w);
+    w.write_str(&drv.platform);
+    w.write_str(&drv.builder);
+    drv.args.encode(w);
+    drv.env.encode(w);
 }

@@ -15,14 +15,16 @@ mod path_info;
 mod realisation;
 
 pub use build::{
-    BasicDerivation, BuildMode, BuildResult, BuildStatus, DerivationOutput, KeyedBuildResult,
+    BuildMode, BuildResult, BuildStatus, KeyedBuildResult, read_basic_derivation,
+    write_basic_derivation,
 };
 pub use misc::{
     ClientSettings, GcAction, GcOptions, GcPaths, GcResult, Missing, SingleDerivedPath,
     SubstitutablePathInfo,
 };
+pub use nixnest_core::DrvOutput;
 pub use path_info::UnkeyedValidPathInfo;
-pub use realisation::{DrvOutput, DrvOutputWithPath, Realisation, UnkeyedRealisation};
+pub use realisation::{DrvOutputWithPath, Realisation, UnkeyedRealisation, placeholder_drv_output};
 
 use tokio::io::AsyncRead;
 

@@ -14,60 +14,33 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use serde_json::Value;
 use tokio::io::AsyncRead;
 
 use nixnest_core::store_path::validate_output_name;
-use nixnest_core::{Hash, HashAlgo, StorePath};
+use nixnest_core::{DrvOutput, Hash, HashAlgo, StorePath};
 
 use crate::error::{Error, Result};
 use crate::types::{read_path, write_path};
 use crate::wire::{WireReader, WireType, WireWriter, limits};
 
-/// `sha256:<hex>!<output>`: an output of a derivation identified by its hash modulo.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DrvOutput {
-    pub drv_hash: Hash,
-    pub output: String,
-}
-
-impl DrvOutput {
-    pub fn parse(s: &str) -> Result<Self> {
-        let (hash, output) = s
-            .rsplit_once('!')
-            .ok_or_else(|| Error::invalid("DrvOutput", format!("'{s}' has no '!<output>'")))?;
-        let drv_hash = Hash::parse_any(hash, None).map_err(Error::value("DrvOutput hash"))?;
-        validate_output_name(output).map_err(Error::value("DrvOutput output name"))?;
-        Ok(DrvOutput {
-            drv_hash,
-            output: output.to_owned(),
-        })
-    }
-
-    /// The id HEAD uses when it has no hash to give an old client: an all-zero sha256.
-    pub fn placeholder(output: &str) -> Self {
-        // A 32-byte digest always fits sha256; the fallback only satisfies the type.
-        let drv_hash =
-            Hash::new(HashAlgo::Sha256, &[0u8; 32]).unwrap_or_else(|_| Hash::sha256(b""));
-        DrvOutput {
-            drv_hash,
-            output: output.to_owned(),
-        }
+/// The DrvOutput id HEAD uses when it has no hash to give an old client (and what the
+/// feature forms, which carry no hash, decode to): an all-zero sha256.
+pub fn placeholder_drv_output(output: &str) -> DrvOutput {
+    // A 32-byte digest always fits sha256; the fallback only satisfies the type.
+    let drv_hash = Hash::new(HashAlgo::Sha256, &[0u8; 32]).unwrap_or_else(|_| Hash::sha256(b""));
+    DrvOutput {
+        drv_hash,
+        output: output.to_owned(),
     }
 }
 
-impl fmt::Display for DrvOutput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}!{}", self.drv_hash.to_typed_base16(), self.output)
-    }
-}
-
+/// `string "sha256:<hex>!<output>"`.
 impl WireType for DrvOutput {
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut WireReader<R>) -> Result<Self> {
         let s = r.read_string(limits::SHORT, "DrvOutput").await?;
-        DrvOutput::parse(&s)
+        DrvOutput::parse(&s).map_err(Error::value("DrvOutput"))
     }
     fn encode(&self, w: &mut WireWriter) {
         w.write_str(&self.to_string());
@@ -117,7 +90,7 @@ impl Realisation {
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| bad("missing string \"id\"".into()))?;
-        let id = DrvOutput::parse(id)?;
+        let id = DrvOutput::parse(id).map_err(Error::value("Realisation id"))?;
         let out = obj
             .get("outPath")
             .and_then(Value::as_str)
@@ -144,7 +117,7 @@ impl Realisation {
                     .as_str()
                     .ok_or_else(|| bad("a dependent realisation is not a string".into()))?;
                 dependent_realisations.insert(
-                    DrvOutput::parse(k)?,
+                    DrvOutput::parse(k).map_err(Error::value("dependent realisation id"))?,
                     StorePath::from_base_name(path).map_err(Error::value("dependent outPath"))?,
                 );
             }

@@ -151,7 +151,7 @@ fn build_result(v: &Value, with_path: bool) -> BuildResult {
             let real = if with_path {
                 let u = unkeyed_realisation(r);
                 Realisation {
-                    id: DrvOutput::placeholder(name),
+                    id: placeholder_drv_output(name),
                     out_path: u.out_path,
                     signatures: u.signatures,
                     dependent_realisations: BTreeMap::new(),
