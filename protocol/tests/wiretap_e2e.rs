@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nixnest_core::{ContentAddressMethod, HashAlgo, StoreDir};
+use nixnest_core::{BasicDerivation, ContentAddressMethod, Derivation, HashAlgo, StoreDir};
 use nixnest_protocol::Error;
 use nixnest_protocol::client::UnixDaemonClient;
 use nixnest_protocol::request::{Opcode, Request};
 use nixnest_protocol::response::Response;
-use nixnest_protocol::types::ClientSettings;
+use nixnest_protocol::types::{BuildMode, ClientSettings};
 use nixnest_protocol::version::ProtocolVersion;
 
 struct KillOnDrop(Child);
@@ -400,6 +400,7 @@ in derivation { name = "simple"; system = builtins.currentSystem;
         Opcode::ExportPath,
         Opcode::QueryPathHash,
         Opcode::QueryDerivationOutputNames,
+        Opcode::BuildDerivation,
     ];
     let missing: Vec<&str> = expected
         .iter()
@@ -498,6 +499,31 @@ async fn own_client_session(sock: &Path, sd: StoreDir, out: &str, drv: &str) {
     }
     let record = c.export_path(&added.path).await.unwrap();
     assert!(record.len() > 100);
+
+    // BuildDerivation of `dep` (no input derivations, so it is already a BasicDerivation).
+    let simple = Derivation::parse_at(&sd, &drv, &std::fs::read(sd.print(&drv)).unwrap()).unwrap();
+    let dep_drv = simple.input_drvs.keys().next().unwrap().clone();
+    let dep =
+        Derivation::parse_at(&sd, &dep_drv, &std::fs::read(sd.print(&dep_drv)).unwrap()).unwrap();
+    assert!(dep.input_drvs.is_empty());
+    let basic = BasicDerivation {
+        name: dep.name,
+        outputs: dep.outputs,
+        input_srcs: dep.input_srcs,
+        platform: dep.platform,
+        builder: dep.builder,
+        args: dep.args,
+        env: dep.env,
+    };
+    let res = c
+        .build_derivation(&dep_drv, &basic, BuildMode::Normal)
+        .await
+        .unwrap();
+    assert!(res.status.is_success(), "{res:?}");
+    // 2.8 reports the output with its DrvOutput id (sha256 of the masked derivation).
+    let built = res.built_outputs.get("out").expect("builtOutputs has out");
+    assert_eq!(built.id.output, "out");
+    assert!(built.out_path.name().ends_with("dep"));
 }
 
 /// An unknown opcode: Nix 2.8 answers with STDERR_ERROR (twice) and closes; the tap
