@@ -55,9 +55,11 @@ impl Log {
     }
 
     pub fn line(&self, v: Value) {
+        // One write per line, so a reader never sees half a line from us.
+        let line = format!("{v}\n");
         if let Ok(mut out) = self.0.lock() {
             // A log that cannot be written must not stop the forwarding.
-            let _ = writeln!(out, "{v}");
+            let _ = out.write_all(line.as_bytes());
             let _ = out.flush();
         }
     }
