@@ -116,12 +116,19 @@ impl Error {
 }
 
 impl From<std::io::Error> for Error {
+    /// Recovers a protocol error that travelled through an `AsyncRead` adapter.
     fn from(e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::Eof
-        } else {
-            Error::Io(e)
+            return Error::Eof;
         }
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let kind = e.kind();
+            return match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+                Some(Ok(ours)) => *ours,
+                _ => Error::Io(std::io::Error::from(kind)),
+            };
+        }
+        Error::Io(e)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod error;
 pub mod framed;
 pub mod handshake;
 pub mod nar;
+pub mod payload;
 pub mod request;
 pub mod response;
 pub mod stderr;
