@@ -214,100 +214,98 @@ impl<R: AsyncRead + Unpin> AsyncRead for NarReader<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if this.expect == Expect::Done || buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
+        if this.expect == Expect::Done || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let want = match &this.unit {
+            Unit::Len { filled, .. } => 8 - *filled,
+            Unit::Body { remaining, .. } => (*remaining).min(buf.remaining() as u64) as usize,
+            Unit::Pad { remaining } => *remaining,
+        }
+        .min(buf.remaining());
+        let dst = buf.initialize_unfilled_to(want);
+        let mut part = ReadBuf::new(dst);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
+        let got = part.filled();
+        let n = got.len();
+        if n == 0 {
+            return Poll::Ready(Err(Error::Eof.into()));
+        }
+        match &mut this.unit {
+            Unit::Len { word, filled } => {
+                if let Some(slot) = word.get_mut(*filled..*filled + n) {
+                    slot.copy_from_slice(got);
+                }
+                *filled += n;
+                if *filled == 8 {
+                    let len = u64::from_le_bytes(*word);
+                    if this.expect.is_keyword() && len > MAX_KEYWORD as u64 {
+                        return Poll::Ready(Err(Error::StringTooLong {
+                            field: "NAR keyword",
+                            len,
+                            max: MAX_KEYWORD as u64,
+                        }
+                        .into()));
+                    }
+                    if matches!(this.expect, Expect::Name | Expect::Target) && len > MAX_VALUE {
+                        return Poll::Ready(Err(Error::StringTooLong {
+                            field: "NAR name or target",
+                            len,
+                            max: MAX_VALUE,
+                        }
+                        .into()));
+                    }
+                    this.unit = Unit::Body {
+                        remaining: len,
+                        len,
+                    };
+                }
             }
-            let want = match &this.unit {
-                Unit::Len { filled, .. } => 8 - *filled,
-                Unit::Body { remaining, .. } => (*remaining).min(buf.remaining() as u64) as usize,
-                Unit::Pad { remaining } => *remaining,
-            }
-            .min(buf.remaining());
-            let dst = buf.initialize_unfilled_to(want);
-            let mut part = ReadBuf::new(dst);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
-            let got = part.filled();
-            let n = got.len();
-            if n == 0 {
-                return Poll::Ready(Err(Error::Eof.into()));
-            }
-            match &mut this.unit {
-                Unit::Len { word, filled } => {
-                    if let Some(slot) = word.get_mut(*filled..*filled + n) {
+            Unit::Body { remaining, .. } => {
+                if this.expect.is_keyword() {
+                    let at = this.keyword_len;
+                    if let Some(slot) = this.keyword.get_mut(at..at + n) {
                         slot.copy_from_slice(got);
                     }
-                    *filled += n;
-                    if *filled == 8 {
-                        let len = u64::from_le_bytes(*word);
-                        if this.expect.is_keyword() && len > MAX_KEYWORD as u64 {
-                            return Poll::Ready(Err(Error::StringTooLong {
-                                field: "NAR keyword",
-                                len,
-                                max: MAX_KEYWORD as u64,
-                            }
-                            .into()));
-                        }
-                        if matches!(this.expect, Expect::Name | Expect::Target) && len > MAX_VALUE {
-                            return Poll::Ready(Err(Error::StringTooLong {
-                                field: "NAR name or target",
-                                len,
-                                max: MAX_VALUE,
-                            }
-                            .into()));
-                        }
-                        this.unit = Unit::Body {
-                            remaining: len,
-                            len,
-                        };
-                    }
+                    this.keyword_len += n;
                 }
-                Unit::Body { remaining, .. } => {
-                    if this.expect.is_keyword() {
-                        let at = this.keyword_len;
-                        if let Some(slot) = this.keyword.get_mut(at..at + n) {
-                            slot.copy_from_slice(got);
-                        }
-                        this.keyword_len += n;
-                    }
-                    *remaining -= n as u64;
-                }
-                Unit::Pad { remaining } => {
-                    if got.iter().any(|&b| b != 0) {
-                        return Poll::Ready(Err(Error::NonZeroPadding { field: "NAR" }.into()));
-                    }
-                    *remaining -= n;
-                }
+                *remaining -= n as u64;
             }
-            // Complete units move on (a zero-length body completes at once).
-            loop {
-                match this.unit {
-                    Unit::Body { remaining: 0, len } => {
-                        let pad = padding_len(len);
-                        if pad > 0 {
-                            this.unit = Unit::Pad { remaining: pad };
-                        } else {
-                            this.unit = Unit::Len {
-                                word: [0; 8],
-                                filled: 0,
-                            };
-                            this.token_done()?;
-                        }
-                    }
-                    Unit::Pad { remaining: 0 } => {
+            Unit::Pad { remaining } => {
+                if got.iter().any(|&b| b != 0) {
+                    return Poll::Ready(Err(Error::NonZeroPadding { field: "NAR" }.into()));
+                }
+                *remaining -= n;
+            }
+        }
+        // Complete units move on (a zero-length body completes at once).
+        loop {
+            match this.unit {
+                Unit::Body { remaining: 0, len } => {
+                    let pad = padding_len(len);
+                    if pad > 0 {
+                        this.unit = Unit::Pad { remaining: pad };
+                    } else {
                         this.unit = Unit::Len {
                             word: [0; 8],
                             filled: 0,
                         };
                         this.token_done()?;
                     }
-                    _ => break,
                 }
+                Unit::Pad { remaining: 0 } => {
+                    this.unit = Unit::Len {
+                        word: [0; 8],
+                        filled: 0,
+                    };
+                    this.token_done()?;
+                }
+                _ => break,
             }
-            buf.advance(n);
-            this.total += n as u64;
-            return Poll::Ready(Ok(()));
         }
+        buf.advance(n);
+        this.total += n as u64;
+        Poll::Ready(Ok(()))
     }
 }
 
