@@ -1,12 +1,19 @@
-//! `nixnest-protocol`: the Nix daemon worker protocol (versions 1.21–1.38 with features).
+//! `nixnest-protocol`: the Nix daemon worker protocol, versions 1.21–1.38 and the 1.38
+//! feature strings, for both sides of the socket.
 //!
 //! Layers, bottom up:
 //! * [`wire`]: the codec — a [`WireReader`] and a [`WireWriter`] that know u64 words and
-//!   padded byte strings, and carry the negotiated version, features and store dir;
-//!   the [`WireType`] trait every protocol value implements.
-//! * [`handshake`]: connection setup for both sides.
-//! * [`stderr`]: the stderr channel (log lines, activities, errors, `STDERR_LAST`).
-//! * [`framed`]: framed streams and `STDERR_READ` tunnelling.
+//!   padded byte strings (bounded, zero padding enforced) and carry the negotiated
+//!   version, features and store dir; the [`WireType`] trait every value implements once.
+//! * [`types`]: wire forms of Nix's values (store paths, content addresses,
+//!   ValidPathInfo, BuildResult, realisations, GC options, client settings, …).
+//! * [`handshake`]: connection setup, daemon and client side.
+//! * [`stderr`]: the stderr channel (log lines, activities, results, errors, `STDERR_LAST`).
+//! * [`request`] / [`response`]: one typed request per opcode, typed replies.
+//! * [`framed`], [`nar`], [`payload`]: the streams inside operations (framed data,
+//!   `STDERR_READ` pulls, unframed NARs) as `AsyncRead`s that can be drained.
+//! * [`client`]: an async client for any daemon; [`wiretap`]: a decoding proxy (the
+//!   `nixnest-wiretap` binary).
 //!
 //! This crate knows the wire, not the store: no file system, no SQLite.
 

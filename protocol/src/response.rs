@@ -12,7 +12,7 @@
 //! | `FindRoots` | u64 n, n × (string link, path target) |
 //! | `QuerySubstitutablePathInfo` | u64 found (0/1); if found: SubstitutablePathInfo |
 //! | `QuerySubstitutablePathInfos` | u64 n, n × (path, SubstitutablePathInfo) |
-//! | `QueryRealisation` | < 1.31 set<path> (0/1); ≥ 1.31 list<string JSON> (0/1); feature: opt<UnkeyedRealisation> |
+//! | `QueryRealisation` | < 1.31 `set<path>` (0/1); ≥ 1.31 `list<string JSON>` (0/1); feature: `opt<UnkeyedRealisation>` |
 //! | others | the single value named by the variant |
 
 use std::collections::{BTreeMap, BTreeSet};
