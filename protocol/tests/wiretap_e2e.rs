@@ -286,6 +286,14 @@ fn run(client: Nix, daemon: Nix) -> Run {
         &drv,
         daemon.version,
     ));
+    rt.block_on(old_client_session(
+        &env.tap_sock,
+        sd.clone(),
+        &out,
+        &drv,
+        &dir.join("hello.export"),
+        daemon.version,
+    ));
     rt.block_on(unknown_op_session(&env.tap_sock, sd));
 
     // Every client has disconnected; let the tap finish logging, then stop everything.
@@ -679,6 +687,97 @@ async fn own_client_session(sock: &Path, sd: StoreDir, out: &str, drv: &str, dae
     let built = res.built_outputs.get("out").expect("builtOutputs has out");
     assert_eq!(built.id.output, "out");
     assert!(built.out_path.name().ends_with("dep"));
+}
+
+/// Our client speaking 1.21 (Nix 2.3's version): the legacy AddToStore with an inline
+/// NAR, AddToStoreNar pulled through STDERR_READ, StorePathWithOutputs, unstructured
+/// errors, and (2.8 only) ImportPaths pulled through STDERR_READ.
+async fn old_client_session(
+    sock: &Path,
+    sd: StoreDir,
+    out: &str,
+    drv: &str,
+    export: &Path,
+    daemon: &str,
+) {
+    use nixnest_core::{DerivedPath, OutputsSpec};
+    use nixnest_protocol::request::AddToStoreRequest;
+    use nixnest_protocol::version::FeatureSet;
+
+    let v = ProtocolVersion::new(1, 21);
+    let stream = tokio::net::UnixStream::connect(sock).await.unwrap();
+    let (rd, wr) = stream.into_split();
+    let mut c = nixnest_protocol::client::DaemonClient::handshake(
+        tokio::io::BufReader::new(rd),
+        wr,
+        sd.clone(),
+        v,
+        &FeatureSet::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.version(), v);
+    c.set_options(&ClientSettings::default()).await.unwrap();
+    let out = sd.parse_path(out).unwrap();
+    let drv = sd.parse_path(drv).unwrap();
+
+    // NarFromPath is ungated; its NAR feeds the uploads below.
+    let info = c.query_path_info(&out).await.unwrap().unwrap();
+    let mut nar = Vec::new();
+    c.nar_from_path(&out, &mut nar).await.unwrap();
+
+    // Legacy AddToStore: recursive sha256 of an inline NAR.
+    let req = Request::AddToStore(AddToStoreRequest::Legacy {
+        name: "old-add".into(),
+        fixed: true,
+        recursive: true,
+        hash_algo: "sha256".into(),
+    });
+    match c.call_inline(&req, &nar).await.unwrap() {
+        Response::Path(p) => assert!(c.is_valid_path(&p).await.unwrap()),
+        other => panic!("{other:?}"),
+    }
+
+    // AddToStoreNar at 1.21: the daemon pulls the NAR (already valid: drained, ignored).
+    c.add_to_store_nar(&info, false, true, &mut &nar[..])
+        .await
+        .unwrap();
+
+    // A bare .drv means all outputs before 1.30.
+    let all = DerivedPath::Built {
+        drv_path: drv.clone(),
+        outputs: OutputsSpec::All,
+    };
+    c.build_paths(&[all], BuildMode::Normal).await.unwrap();
+
+    // Errors before 1.26 are a message and an exit status.
+    let missing = sd
+        .parse_path(&format!(
+            "{}/00000000000000000000000000000000-missing",
+            sd.as_str()
+        ))
+        .unwrap();
+    match c.ensure_path(&missing).await {
+        Err(Error::Remote(e)) => {
+            assert!(e.msg.contains("-missing"), "{e}");
+            assert_eq!(e.exit_status, 1);
+        }
+        other => panic!("expected a daemon error, got {other:?}"),
+    }
+
+    if daemon == "2.8" {
+        // ImportPaths (removed in 2.32): the export stream pulled with STDERR_READ.
+        let data = std::fs::read(export).unwrap();
+        match c
+            .call_pulled(&Request::ImportPaths, &mut &data[..])
+            .await
+            .unwrap()
+        {
+            Response::PathList(paths) => assert_eq!(paths.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(c.is_valid_path(&out).await.unwrap());
 }
 
 /// An unknown opcode: Nix 2.8 answers with STDERR_ERROR (twice) and closes; the tap
