@@ -49,6 +49,9 @@ pub enum Error {
         max: u64,
     },
 
+    #[error("the message carries more than {max} bytes of strings")]
+    MessageTooLarge { max: u64 },
+
     #[error("{field}: non-zero padding after a string (stream out of sync?)")]
     NonZeroPadding { field: &'static str },
 

@@ -562,8 +562,19 @@ impl Request {
         Request::decode_op(op, r).await
     }
 
-    /// Reads the fixed fields of `op` (whose number was already read).
+    /// Reads the fixed fields of `op` (whose number was already read), holding at most
+    /// [`limits::REQUEST`] bytes of strings.
     pub async fn decode_op<R: AsyncRead + Unpin + Send>(
+        op: Opcode,
+        r: &mut WireReader<R>,
+    ) -> Result<Request> {
+        r.set_budget(limits::REQUEST);
+        let req = Request::decode_fields(op, r).await;
+        r.clear_budget();
+        req
+    }
+
+    async fn decode_fields<R: AsyncRead + Unpin + Send>(
         op: Opcode,
         r: &mut WireReader<R>,
     ) -> Result<Request> {

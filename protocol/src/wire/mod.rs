@@ -39,6 +39,8 @@ pub mod limits {
     pub const DERIVED_PATH: u64 = 1024 * 1024;
     /// Whole file contents sent as one string (AddTextToStore, `.drv` text).
     pub const FILE_CONTENTS: u64 = 256 * 1024 * 1024;
+    /// String bytes one request may carry in total (its streamed payload aside).
+    pub const REQUEST: u64 = 512 * 1024 * 1024;
     /// Items in one list/set/map. The wire needs ≥ 8 bytes per item, so memory still
     /// only grows as data arrives; this bounds the time a bogus count can waste.
     pub const ITEMS: u64 = 1 << 24;
@@ -290,6 +292,35 @@ mod tests {
             decode_all::<Vec<u64>>(&bytes, V),
             Err(Error::TooManyItems { .. })
         ));
+    }
+
+    #[test]
+    fn budget_bounds_a_whole_message() {
+        let mut w = testing::writer(V);
+        for _ in 0..3 {
+            w.write_bytes(&[1; 100]);
+        }
+        let bytes = w.take();
+        let r = block_on(async {
+            let mut r = reader(&bytes, V);
+            r.set_budget(250);
+            r.read_bytes(1000, "a").await?;
+            r.read_bytes(1000, "b").await?;
+            r.read_bytes(1000, "c").await
+        });
+        assert!(
+            matches!(r, Err(Error::MessageTooLarge { max: 250 })),
+            "{r:?}"
+        );
+        let r = block_on(async {
+            let mut r = reader(&bytes, V);
+            r.set_budget(250);
+            r.read_bytes(1000, "a").await?;
+            r.clear_budget();
+            r.read_bytes(1000, "b").await?;
+            r.read_bytes(1000, "c").await
+        });
+        assert!(r.is_ok());
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct WireReader<R> {
     version: ProtocolVersion,
     features: FeatureSet,
     store_dir: StoreDir,
+    /// String bytes the current message may still carry (see [`WireReader::set_budget`]).
+    budget: u64,
+    budget_max: u64,
 }
 
 impl<R> WireReader<R> {
@@ -40,7 +43,20 @@ impl<R> WireReader<R> {
             version,
             features: FeatureSet::new(),
             store_dir,
+            budget: u64::MAX,
+            budget_max: u64::MAX,
         }
+    }
+
+    /// Limits the total string bytes read until [`WireReader::clear_budget`]: one
+    /// message may not keep more than `bytes` in memory, however its fields add up.
+    pub fn set_budget(&mut self, bytes: u64) {
+        self.budget = bytes;
+        self.budget_max = bytes;
+    }
+
+    pub fn clear_budget(&mut self) {
+        self.set_budget(u64::MAX);
     }
 
     pub fn version(&self) -> ProtocolVersion {
@@ -116,6 +132,12 @@ impl<R: AsyncRead + Unpin + Send> WireReader<R> {
         if len > max {
             return Err(Error::StringTooLong { field, len, max });
         }
+        if len > self.budget {
+            return Err(Error::MessageTooLarge {
+                max: self.budget_max,
+            });
+        }
+        self.budget -= len;
         let mut buf = Vec::with_capacity(len.min(INITIAL_STRING_ALLOC) as usize);
         (&mut self.inner).take(len).read_to_end(&mut buf).await?;
         if buf.len() as u64 != len {
