@@ -22,11 +22,12 @@ use nixnest_core::{
 use crate::error::{Error, Result};
 use crate::framed::FramedWriter;
 use crate::handshake::{Negotiated, client_handshake};
-use crate::request::{AddToStoreRequest, Request};
+use crate::request::{AddToStoreRequest, RealisationKey, RegisterDrvOutput, Request};
 use crate::response::Response;
 use crate::stderr::StderrMessage;
 use crate::types::{
     BuildMode, BuildResult, ClientSettings, GcOptions, GcResult, KeyedBuildResult, Missing,
+    Realisation,
 };
 use crate::version::{FeatureSet, ProtocolVersion};
 use crate::wire::{WireReader, WireType, WireWriter};
@@ -432,6 +433,38 @@ where
             Response::OutputMap(m) => Ok(m),
             other => Err(unexpected(other)),
         }
+    }
+
+    pub async fn query_deriver(&mut self, path: &StorePath) -> Result<Option<StorePath>> {
+        match self.call(&Request::QueryDeriver(path.clone())).await? {
+            Response::OptPath(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// AddPermRoot (≥ 1.36): returns the root's absolute path.
+    pub async fn add_perm_root(&mut self, path: &StorePath, gc_root: &str) -> Result<String> {
+        let req = Request::AddPermRoot {
+            path: path.clone(),
+            gc_root: gc_root.into(),
+        };
+        match self.call(&req).await? {
+            Response::Text(root) => Ok(root),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// QueryRealisation in the form the connection negotiated.
+    pub async fn query_realisation(&mut self, key: &RealisationKey) -> Result<Option<Realisation>> {
+        match self.call(&Request::QueryRealisation(key.clone())).await? {
+            Response::QueryRealisation(r) => Ok(r.map(|r| *r)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn register_drv_output(&mut self, arg: &RegisterDrvOutput) -> Result<()> {
+        self.call(&Request::RegisterDrvOutput(arg.clone())).await?;
+        Ok(())
     }
 
     /// AddBuildLog: `log` is sent framed.

@@ -550,6 +550,7 @@ fn nix_2_34_through_the_wiretap() {
     let run = run(sid.clone(), sid);
     assert_eq!(run.handshake_version, "1.38");
     assert_seen(&run, COMMON_OPS);
+    assert_seen(&run, &[Opcode::RegisterDrvOutput, Opcode::QueryRealisation]);
 }
 
 /// A 2.34 client (pipelined magic + version, announces 1.38) against the 2.8 daemon.
@@ -687,6 +688,25 @@ async fn own_client_session(sock: &Path, sd: StoreDir, out: &str, drv: &str, dae
     let built = res.built_outputs.get("out").expect("builtOutputs has out");
     assert_eq!(built.id.output, "out");
     assert!(built.out_path.name().ends_with("dep"));
+
+    if !old_daemon {
+        // Realisation ops in their 1.31+ JSON forms (the 2.8 daemon crashes on these
+        // without ca-derivations). Whatever the daemon answers must decode.
+        use nixnest_protocol::request::{RealisationKey, RegisterDrvOutput};
+        use nixnest_protocol::types::Realisation;
+        let id = built.id.clone();
+        let real = Realisation {
+            id: id.clone(),
+            out_path: built.out_path.clone(),
+            signatures: BTreeSet::new(),
+            dependent_realisations: BTreeMap::new(),
+        };
+        let reg = c.register_drv_output(&RegisterDrvOutput::Json(real)).await;
+        eprintln!("RegisterDrvOutput on 2.34: {reg:?}");
+        let q = c.query_realisation(&RealisationKey::Id(id)).await;
+        eprintln!("QueryRealisation on 2.34: {q:?}");
+        assert!(!matches!(q, Err(ref e) if e.is_fatal()), "{q:?}");
+    }
 }
 
 /// Our client speaking 1.21 (Nix 2.3's version): the legacy AddToStore with an inline
