@@ -1,6 +1,263 @@
-//! `nixnest-daemon`: entry point.
+//! `nixnest-daemon`: reads the configuration, then either serves the daemon socket (bound
+//! here or passed by systemd), one `--stdio` session, or asks a running daemon for its
+//! `status`. Logs go to stderr only — with `--stdio`, stdout is the protocol stream.
 
-fn main() {
-    eprintln!("nixnest-daemon: not yet serving");
-    std::process::exit(1);
+use std::future::Future;
+use std::io::IsTerminal;
+use std::pin::pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use nixnest_daemon::cli::{self, Cli, Command, TrustOverride};
+use nixnest_daemon::config::{self, ConfigEnv, Settings};
+use nixnest_daemon::control::{self, Registry};
+use nixnest_daemon::listener::{
+    self, ActivatedSocket, Connection, Handler, Listener, ListenerConfig,
+};
+
+type MainResult = Result<(), Box<dyn std::error::Error>>;
+
+/// TEMPORARY stand-in for the worker-protocol session, which is written separately:
+/// it logs the admitted connection and closes it without speaking the protocol.
+struct PlaceholderHandler;
+
+impl Handler for PlaceholderHandler {
+    async fn handle<S>(&self, conn: Connection<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        tracing::warn!(
+            "worker protocol not implemented yet (placeholder handler): closing connection {} ({})",
+            conn.id,
+            conn.access.as_str()
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = match &cli.command {
+        Some(Command::Status {
+            json,
+            control_socket,
+        }) => run_status(*json, control_socket.clone()),
+        None => run_daemon(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// stderr, no colours unless it is a terminal, no timestamps under journald (it adds its
+/// own). `RUST_LOG` wins over `-v`/`--debug`.
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (cli.verbose, cli.debug) {
+        (0, false) => "info",
+        (0, true) | (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_env_filter(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn run_status(json: bool, control_socket: Option<std::path::PathBuf>) -> MainResult {
+    let path = match control_socket {
+        Some(path) => path,
+        None => control::control_socket_path(&ConfigEnv::from_process()?.state_dir),
+    };
+    let status = runtime()?.block_on(control::query_status(&path))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        print!("{}", control::format_status(&status, now));
+    }
+    Ok(())
+}
+
+fn load_settings(cli: &Cli) -> Result<Settings, Box<dyn std::error::Error>> {
+    let env = ConfigEnv::from_process()?;
+    let loaded = config::load(&env, &cli.option_pairs())?;
+    for file in &loaded.files_read {
+        tracing::debug!("read configuration from {}", file.display());
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let mut settings = loaded.settings;
+    if let Some(path) = &cli.socket_path {
+        settings.daemon_socket = path.clone();
+    }
+    Ok(settings)
+}
+
+fn run_daemon(cli: &Cli) -> MainResult {
+    let settings = load_settings(cli)?;
+    let trust = cli.trust_override();
+    cli::check_trust_override(trust, cli.stdio, &settings)?;
+
+    if cli.stdio {
+        let rt = runtime()?;
+        let result = rt.block_on(serve_stdio(Arc::new(settings), trust));
+        // A blocking stdin read may still be parked on the blocking pool.
+        rt.shutdown_timeout(Duration::from_secs(1));
+        return result;
+    }
+
+    // SAFETY: no runtime and no other thread exist yet.
+    let activated = unsafe { listener::take_activation_fds() }?;
+    let rt = runtime()?;
+    let result = rt.block_on(serve_socket(Arc::new(settings), activated, trust));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// SIGTERM/SIGINT: the first resolves `stop`, the second `force`.
+fn signals() -> std::io::Result<(impl Future<Output = ()>, impl Future<Output = ()>)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tx.send_modify(|n| *n += 1);
+            if *tx.borrow() == 1 {
+                tracing::info!(
+                    "received a termination signal; shutting down (again to abort sessions)"
+                );
+            }
+        }
+    });
+    let after = move |count: u32| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|n| *n >= count).await;
+        }
+    };
+    Ok((after(1), after(2)))
+}
+
+async fn serve_stdio(settings: Arc<Settings>, trust: TrustOverride) -> MainResult {
+    let registry = Registry::new();
+    let (trigger, shutdown) = listener::shutdown_channel();
+    let (stop, force) = signals()?;
+    let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let access = nixnest_daemon::auth::stdio_access(trust == TrustOverride::ForceUntrusted);
+    let session = listener::serve_one(
+        &PlaceholderHandler,
+        stream,
+        access,
+        settings,
+        &registry,
+        shutdown,
+    );
+    let mut session = pin!(session);
+    tokio::select! {
+        () = &mut session => return Ok(()),
+        () = stop => trigger.trigger(),
+    }
+    tokio::select! {
+        () = session => {}
+        () = tokio::time::sleep(Duration::from_secs(60)) => tracing::warn!("session still open; exiting"),
+        () = force => {}
+    }
+    Ok(())
+}
+
+async fn serve_socket(
+    settings: Arc<Settings>,
+    activated: Option<Vec<ActivatedSocket>>,
+    trust: TrustOverride,
+) -> MainResult {
+    let sockets = match activated {
+        Some(passed) => {
+            let mut sockets = Vec::new();
+            for socket in passed {
+                let described = socket.describe();
+                if !socket.is_daemon_socket() {
+                    tracing::warn!("ignoring {described} passed by systemd");
+                    continue;
+                }
+                sockets.push(socket.into_listener()?);
+                tracing::info!("listening on {described}");
+            }
+            if sockets.is_empty() {
+                return Err(
+                    "systemd passed no daemon socket (expected one named nix-daemon.socket)".into(),
+                );
+            }
+            sockets
+        }
+        None => {
+            let path = &settings.daemon_socket;
+            let socket = listener::bind_unix_socket(path, 0o666, listener::BACKLOG)?;
+            tracing::info!("listening on {}", path.display());
+            vec![socket]
+        }
+    };
+
+    let registry = Registry::new();
+    let mut config = ListenerConfig::from_settings(&settings);
+    config.force_untrusted = trust == TrustOverride::ForceUntrusted;
+    let listener = Listener::new(
+        sockets,
+        Arc::clone(&settings),
+        Arc::clone(&registry),
+        Arc::new(PlaceholderHandler),
+        config,
+    )?;
+
+    let control_path = control::control_socket_path(&settings.state_dir);
+    match control::bind_control_socket(&control_path) {
+        Ok(socket) => {
+            tracing::debug!("control socket on {}", control_path.display());
+            tokio::spawn(control::serve_control(
+                socket,
+                Arc::clone(&registry),
+                listener.subscribe_shutdown(),
+            ));
+        }
+        Err(e) => tracing::warn!("no control socket ('nixnest-daemon status' will not work): {e}"),
+    }
+
+    let (stop, force) = signals()?;
+    let report = listener.run(stop, force).await;
+    tracing::info!(
+        "stopped: {} session(s) finished during shutdown, {} aborted",
+        report.finished,
+        report.aborted
+    );
+    Ok(())
 }

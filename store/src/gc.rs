@@ -29,6 +29,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use nixnest_core::StorePath;
 use rustix::fs::AtFlags;
 
 use crate::error::{Error, IoContext, Result};
@@ -58,16 +59,16 @@ pub enum GcAction {
 #[derive(Clone, Debug)]
 pub struct GcOptions {
     pub action: GcAction,
-    /// For `DeleteSpecific`: full printed store paths.
-    pub paths_to_delete: BTreeSet<String>,
+    /// For `DeleteSpecific`: the paths to delete.
+    pub paths_to_delete: BTreeSet<StorePath>,
     /// Ignore all roots (never allowed for daemon clients).
     pub ignore_liveness: bool,
     /// Stop once more than this many bytes were freed (`u64::MAX` = no limit; `0` =
     /// delete nothing).
     pub max_freed: u64,
-    /// More roots from the caller: full printed store paths (e.g. outputs of builds in
-    /// progress).
-    pub extra_roots: BTreeSet<String>,
+    /// More roots from the caller (e.g. outputs of builds in progress). Like temp roots
+    /// they are matched by hash part, so they also protect `<path>.lock` etc.
+    pub extra_roots: BTreeSet<StorePath>,
 }
 
 impl Default for GcOptions {
@@ -103,8 +104,11 @@ impl GcResults {
 }
 
 /// Roots: store path → where each root was found (link path, `{temp:<pid>}`,
-/// `/proc/<pid>/…`, or `{censored}`).
-pub type Roots = BTreeMap<String, BTreeSet<String>>;
+/// `/proc/<pid>/…`, or `{censored}`) — CppNix's `Roots`, what `wopFindRoots` reports.
+pub type Roots = BTreeMap<StorePath, BTreeSet<String>>;
+
+/// [`Roots`] keyed by printed path, as found.
+type RawRoots = BTreeMap<String, BTreeSet<String>>;
 
 /// The whole reference graph, loaded at once for the GC.
 #[derive(Debug, Default)]
@@ -241,18 +245,21 @@ impl LocalStore {
     /// `censor` hides where runtime and temp roots come from (for untrusted clients).
     pub fn find_roots(&self, censor: bool, logger: &dyn Logger) -> Result<Roots> {
         let valid = |p: &str| self.is_valid_str(p).unwrap_or(false);
-        let mut roots = Roots::new();
+        let mut roots = RawRoots::new();
         self.find_roots_no_temp(&mut roots, censor, &valid, logger)?;
         let (temp, _fds) = temproots::read_temp_roots(&self.temproots_dir(), censor, logger)?;
         for (path, labels) in temp {
             roots.entry(path).or_default().extend(labels);
         }
-        Ok(roots)
+        Ok(roots
+            .into_iter()
+            .filter_map(|(p, l)| self.parse_path(&p).ok().map(|p| (p, l)))
+            .collect())
     }
 
     fn find_roots_no_temp(
         &self,
-        roots: &mut Roots,
+        roots: &mut RawRoots,
         censor: bool,
         valid: &dyn Fn(&str) -> bool,
         logger: &dyn Logger,
@@ -266,7 +273,7 @@ impl LocalStore {
     fn find_roots_in(
         &self,
         path: &Path,
-        roots: &mut Roots,
+        roots: &mut RawRoots,
         valid: &dyn Fn(&str) -> bool,
         logger: &dyn Logger,
         depth: usize,
@@ -291,12 +298,12 @@ impl LocalStore {
     fn find_roots_in_inner(
         &self,
         path: &Path,
-        roots: &mut Roots,
+        roots: &mut RawRoots,
         valid: &dyn Fn(&str) -> bool,
         logger: &dyn Logger,
         depth: usize,
     ) -> Result<()> {
-        let found = |roots: &mut Roots, link: &Path, target: &str| {
+        let found = |roots: &mut RawRoots, link: &Path, target: &str| {
             if let Some(sp) = self.to_store_path(target) {
                 if valid(&sp) {
                     roots
@@ -382,7 +389,7 @@ impl LocalStore {
     }
 
     /// Store paths in use by running processes (Linux `/proc`).
-    fn find_runtime_roots(&self, roots: &mut Roots, censor: bool, valid: &dyn Fn(&str) -> bool) {
+    fn find_runtime_roots(&self, roots: &mut RawRoots, censor: bool, valid: &dyn Fn(&str) -> bool) {
         let mut unchecked: HashMap<String, BTreeSet<String>> = HashMap::new();
         let mut add = |target: String, from: String| {
             unchecked.entry(target).or_default().insert(from);
@@ -465,7 +472,7 @@ impl LocalStore {
     /// (e.g. `./result`) a root for as long as it exists.
     pub fn add_indirect_root(&self, link: &Path) -> Result<PathBuf> {
         let link = canon_path(link);
-        let name = crate::hashing::nix32(&crate::hashing::sha1(link.as_os_str().as_bytes()));
+        let name = indirect_root_name(&link);
         let real = self.gcroots_dir().join("auto").join(name);
         make_symlink(&real, &link)?;
         Ok(real)
@@ -476,19 +483,17 @@ impl LocalStore {
     /// a symlink into the store.
     pub fn add_perm_root(
         &self,
-        store_path: &str,
+        store_path: &StorePath,
         gc_root: &Path,
         temp_roots: &temproots::TempRoots,
     ) -> Result<PathBuf> {
+        let store_path = &self.print(store_path);
         let gc_root = canon_path(gc_root);
         let gs = gc_root.to_string_lossy();
         if self.is_in_store(&gs) {
             return Err(Error::Other(format!(
                 "creating a garbage collector root ({gs}) in the Nix store is forbidden (are you running nix-build inside the store?)"
             )));
-        }
-        if self.to_store_path(store_path).as_deref() != Some(store_path) {
-            return Err(Error::NotAStorePath(store_path.to_owned()));
         }
         temp_roots.add(store_path)?;
         if let Ok(md) = std::fs::symlink_metadata(&gc_root) {
@@ -540,12 +545,12 @@ impl LocalStore {
         logger.log(Verbosity::Info, "finding garbage collector roots...");
         let graph = self.load_graph()?;
         let valid = |p: &str| graph.index.contains_key(p);
-        let mut root_map = Roots::new();
+        let mut root_map = RawRoots::new();
         if !opts.ignore_liveness {
             self.find_roots_no_temp(&mut root_map, true, &valid, logger)?;
         }
         let mut roots: HashSet<String> = root_map.into_keys().collect();
-        roots.extend(opts.extra_roots.iter().cloned());
+        roots.extend(opts.extra_roots.iter().map(|p| self.print(p)));
         // Keep the files open (and so their owners' locks meaningful) during the run.
         let (temp, _temp_fds) = temproots::read_temp_roots(&self.temproots_dir(), true, logger)?;
         {
@@ -556,9 +561,7 @@ impl LocalStore {
                 }
             }
             for p in &opts.extra_roots {
-                if let Some(h) = p.rsplit('/').next().and_then(hash_part_of) {
-                    st.temp_roots.insert(h.to_owned());
-                }
+                st.temp_roots.insert(p.hash_part());
             }
         }
         roots.extend(temp.into_keys());
@@ -579,22 +582,20 @@ impl LocalStore {
             dead_invalid: BTreeSet::new(),
             results: GcResults::default(),
             store_fd: fsutil::open_dir(self.real_store_dir())?,
+            to_delete: opts.paths_to_delete.iter().map(|p| self.print(p)).collect(),
         };
 
         if opts.action == GcAction::DeleteSpecific {
-            for p in &opts.paths_to_delete {
-                let base = self
-                    .to_store_path(p)
-                    .filter(|sp| sp == p)
-                    .and_then(|sp| sp.rsplit('/').next().map(str::to_owned))
-                    .ok_or_else(|| Error::NotAStorePath(p.clone()))?;
+            for sp in &opts.paths_to_delete {
+                let base = sp.to_base_name();
+                let p = &self.print(sp);
                 let _ = gc.visit(&base)?;
                 let is_dead = match graph.id(p) {
                     Some(id) => gc.dead.contains(&id),
                     None => gc.dead_invalid.contains(&base),
                 };
                 if !is_dead {
-                    return Err(Error::StillAlive(p.clone()));
+                    return Err(Error::StillAlive(p.to_owned()));
                 }
             }
         } else if opts.max_freed > 0 {
@@ -718,6 +719,8 @@ struct Gc<'a> {
     dead_invalid: BTreeSet<String>,
     results: GcResults,
     store_fd: std::os::fd::OwnedFd,
+    /// `opts.paths_to_delete`, printed.
+    to_delete: HashSet<String>,
 }
 
 impl Gc<'_> {
@@ -777,9 +780,7 @@ impl Gc<'_> {
                 self.mark_alive(p);
                 return Ok(Flow::Continue);
             }
-            if self.opts.action == GcAction::DeleteSpecific
-                && !self.opts.paths_to_delete.contains(path)
-            {
+            if self.opts.action == GcAction::DeleteSpecific && !self.to_delete.contains(path) {
                 return Ok(Flow::Continue);
             }
             if self.is_temp_root(Self::base_of(path)) {
@@ -836,8 +837,7 @@ impl Gc<'_> {
             self.alive_invalid.insert(base.to_owned());
             return Ok(Flow::Continue);
         }
-        if self.opts.action == GcAction::DeleteSpecific && !self.opts.paths_to_delete.contains(full)
-        {
+        if self.opts.action == GcAction::DeleteSpecific && !self.to_delete.contains(full) {
             return Ok(Flow::Continue);
         }
         self.dead_invalid.insert(base.to_owned());
@@ -947,6 +947,12 @@ fn topo_sort(g: &Graph, set: &[u32]) -> Vec<u32> {
     out
 }
 
+/// `nix32(sha1(<absolute link path>))`, the name of an indirect root in `gcroots/auto`.
+pub fn indirect_root_name(link: &Path) -> String {
+    nixnest_core::Hash::compute(nixnest_core::HashAlgo::Sha1, link.as_os_str().as_bytes())
+        .to_nix32()
+}
+
 /// Lexically normalises an absolute path (`.`/`..`/double slashes), like CppNix's
 /// `canonPath` without resolving symlinks.
 pub fn canon_path(p: &Path) -> PathBuf {
@@ -1024,6 +1030,16 @@ fn find_store_path_mentions(hay: &[u8], store_dir: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn indirect_root_name_matches_cppnix() {
+        // Checked against real `nix-store --add-root /tmp/x/result --indirect` (2.8); the
+        // spec's Appendix B value for this input is wrong.
+        assert_eq!(
+            indirect_root_name(Path::new("/tmp/x/result")),
+            "wf8j2y27a849c8408iw83avz1qa27anc"
+        );
+    }
 
     #[test]
     fn canon_path_is_lexical() {

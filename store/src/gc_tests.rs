@@ -8,6 +8,10 @@ use crate::gc::{GcAction, GcOptions};
 use crate::logger::{CollectingLogger, Logger, NullLogger, Verbosity};
 use crate::testutil::*;
 
+fn sp(s: &crate::LocalStore, p: &str) -> nixnest_core::StorePath {
+    s.parse_path(p).unwrap()
+}
+
 fn exists(p: &str) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
@@ -91,7 +95,7 @@ fn indirect_root_and_stale_auto_link() {
     assert_eq!(auto.parent().unwrap(), s.gcroots_dir().join("auto"));
     assert_eq!(std::fs::read_link(&auto).unwrap(), user_link);
     let roots = s.find_roots(false, &NullLogger).unwrap();
-    assert!(roots[&a].contains(&user_link.to_string_lossy().into_owned()));
+    assert!(roots[&sp(&s, &a)].contains(&user_link.to_string_lossy().into_owned()));
     gc(&s);
     assert!(exists(&a));
     // The user removes ./result: the auto link is stale and removed, the path collected.
@@ -109,7 +113,7 @@ fn perm_root_helper() {
     let a = fake_path(&s, "a", &[], None);
     let tr = s.temp_roots_session();
     let link = d.path().join("res");
-    s.add_perm_root(&a, &link, &tr).unwrap();
+    s.add_perm_root(&sp(&s, &a), &link, &tr).unwrap();
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new(&a));
     drop(tr);
     gc(&s);
@@ -118,10 +122,14 @@ fn perm_root_helper() {
     let f = d.path().join("plain");
     std::fs::write(&f, b"x").unwrap();
     let tr = s.temp_roots_session();
-    assert!(s.add_perm_root(&a, &f, &tr).is_err());
+    assert!(s.add_perm_root(&sp(&s, &a), &f, &tr).is_err());
     assert!(
-        s.add_perm_root(&a, Path::new(&format!("{}/x", s.store_dir_str())), &tr)
-            .is_err()
+        s.add_perm_root(
+            &sp(&s, &a),
+            Path::new(&format!("{}/x", s.store_dir_str())),
+            &tr
+        )
+        .is_err()
     );
 }
 
@@ -149,7 +157,7 @@ fn temp_root_of_a_live_session() {
     assert!(r.paths.is_empty(), "{:?}", r.paths);
     assert!(exists(&a) && exists(&lock));
     let roots = s.find_roots(false, &NullLogger).unwrap();
-    assert!(roots[&a].contains(&format!("{{temp:{}}}", std::process::id())));
+    assert!(roots[&sp(&s, &a)].contains(&format!("{{temp:{}}}", std::process::id())));
     drop(tr);
     gc(&s);
     assert!(!exists(&a) && !exists(&lock));
@@ -162,7 +170,7 @@ fn extra_roots_from_the_caller() {
     let building = fake_store_path(&s, "in-progress");
     make_on_disk(&building, 1);
     let opts = GcOptions {
-        extra_roots: BTreeSet::from([a.clone(), building.clone()]),
+        extra_roots: BTreeSet::from([sp(&s, &a), sp(&s, &building)]),
         ..GcOptions::default()
     };
     s.collect_garbage(&opts, &NullLogger).unwrap();
@@ -193,12 +201,15 @@ fn runtime_roots_open_file_and_cwd() {
     holder.wait().unwrap();
     in_dir.wait().unwrap();
     assert!(
-        roots[&a]
+        roots[&sp(&s, &a)]
             .iter()
             .any(|l| l.starts_with("/proc/") && l.contains("/fd/"))
     );
-    assert!(roots[&b].iter().any(|l| l.ends_with("/cwd")));
-    assert_eq!(censored[&a], BTreeSet::from(["{censored}".to_string()]));
+    assert!(roots[&sp(&s, &b)].iter().any(|l| l.ends_with("/cwd")));
+    assert_eq!(
+        censored[&sp(&s, &a)],
+        BTreeSet::from(["{censored}".to_string()])
+    );
     assert_eq!(r.paths, BTreeSet::from([c.clone()]));
     assert!(exists(&a) && exists(&b));
 }
@@ -281,7 +292,7 @@ fn delete_specific() {
         s.collect_garbage(
             &GcOptions {
                 action: GcAction::DeleteSpecific,
-                paths_to_delete: paths.iter().map(|p| p.to_string()).collect(),
+                paths_to_delete: paths.iter().map(|p| sp(&s, p)).collect(),
                 ..GcOptions::default()
             },
             &NullLogger,
@@ -395,4 +406,63 @@ fn links_with_one_link_are_removed() {
     gc(&s);
     assert!(!l.join("lonely").exists());
     assert!(l.join("shared").exists());
+}
+
+/// A NAR reader that delivers the first half, then blocks until released.
+struct Paused {
+    data: Vec<u8>,
+    pos: usize,
+    half_sent: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+    paused: bool,
+}
+
+impl std::io::Read for Paused {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let half = self.data.len() / 2;
+        if self.pos >= half && !self.paused {
+            self.paused = true;
+            self.half_sent.send(()).unwrap();
+            self.release.recv().unwrap();
+        }
+        let end = if self.paused { self.data.len() } else { half };
+        let n = buf.len().min(end - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn temp_root_protects_a_path_being_added() {
+    let (_d, s) = new_store_with(|c| c.require_sigs = false);
+    let nar = crate::ingest_tests::dir_nar("in-flight");
+    let info = crate::ingest_tests::info_for(&s, "in-flight", &nar);
+    let (half_tx, half_rx) = std::sync::mpsc::channel();
+    let (rel_tx, rel_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|sc| {
+        let s = &s;
+        let info2 = info.clone();
+        let adder = sc.spawn(move || {
+            let tr = s.temp_roots_session();
+            let mut r = Paused {
+                data: nar,
+                pos: 0,
+                half_sent: half_tx,
+                release: rel_rx,
+                paused: false,
+            };
+            s.add_to_store_nar(&info2, &mut r, false, false, &tr, &NullLogger)
+        });
+        half_rx.recv().unwrap();
+        // Mid-add: the temporary object exists in the store dir; a GC must not touch it.
+        let before = crate::ingest_tests::store_entries(s);
+        assert_eq!(before.len(), 2, "temp object + lock file: {before:?}");
+        let r = gc(s);
+        assert!(r.paths.is_empty(), "GC deleted {:?}", r.paths);
+        rel_tx.send(()).unwrap();
+        adder.join().unwrap().unwrap();
+    });
+    assert!(s.is_valid_path(&info.path).unwrap());
+    assert!(!s.verify_store(true, false, &NullLogger).unwrap().errors);
 }

@@ -254,6 +254,30 @@ impl LocalStore {
         self.finish_add(tmp, info, lock, logger)
     }
 
+    /// Adds a path whose NAR was already restored (and hashed) into `tmp`.
+    pub(crate) fn add_from_temp(
+        &self,
+        tmp: TempObject<'_>,
+        info: &ValidPathInfo,
+        check_sigs: bool,
+        roots: &TempRoots,
+        logger: &dyn Logger,
+    ) -> Result<()> {
+        if check_sigs && self.path_info_is_untrusted(info) {
+            return Err(Error::LacksSignature(self.print(&info.path)));
+        }
+        self.check_references_valid(Some(&info.path), &info.references)?;
+        roots.add(&self.print(&info.path))?;
+        if self.is_valid_path(&info.path)? {
+            return Ok(());
+        }
+        let lock = self.lock_path(&info.path, logger)?;
+        if self.is_valid_path(&info.path)? {
+            return Ok(());
+        }
+        self.finish_add(tmp, info, lock, logger)
+    }
+
     /// Canonicalise, move into place, optimise, register; undo the move on failure.
     fn finish_add(
         &self,

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use crate::config::StoreConfig;
-use crate::hashing::{nix32, sha256};
 use crate::logger::NullLogger;
 use crate::queries::PathRow;
 use crate::store::LocalStore;
@@ -22,7 +21,7 @@ pub fn new_store_with(f: impl FnOnce(&mut StoreConfig)) -> (tempfile::TempDir, L
 
 /// A store path name for `name` with a hash part derived from `name`.
 pub fn fake_store_path(store: &LocalStore, name: &str) -> String {
-    let h = nix32(&sha256(name.as_bytes()));
+    let h = nixnest_core::Hash::sha256(name.as_bytes()).to_nix32();
     format!("{}/{}-{name}", store.store_dir_str(), &h[..32])
 }
 

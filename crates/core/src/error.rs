@@ -70,6 +70,10 @@ pub enum Error {
     #[error("invalid path info for '{path}': {reason}")]
     BadPathInfo { path: String, reason: String },
 
+    /// A `DrvOutput` id (`sha256:<hex>!<output>`).
+    #[error("invalid derivation output id '{input}': {reason}")]
+    BadDrvOutput { input: String, reason: String },
+
     /// A signing key file (`<name>:<base64>`) that cannot be used.
     #[error("invalid {kind} key '{name}': {reason}")]
     BadKey {

@@ -8,6 +8,7 @@
 //! | module | Nix concept |
 //! |---|---|
 //! | [`nixbase32`] | Nix's base-32 |
+//! | [`nar`] | NAR: writer, streaming reader, dumper, restorer |
 //! | [`hash`] | `Hash`, `HashAlgo`, streaming hashers, `compressHash` |
 //! | [`store_path`] | `StoreDir`, `StorePath`, `makeStorePath` and friends |
 //! | [`content_address`] | `ContentAddress`, `ContentAddressMethod` |
@@ -38,6 +39,7 @@ pub mod store_path;
 pub use content_address::{ContentAddress, ContentAddressMethod};
 pub use derivation::{
     BasicDerivation, Derivation, DerivationOutput, DerivationType, DrvHashModulo, DrvHashes,
+    DrvOutput,
 };
 pub use derived_path::{DerivedPath, OutputsSpec};
 pub use error::{Error, Result};

@@ -6,17 +6,19 @@
 //! `/nix/store/<hash>-foo`, a bare `<hash>` and `<hash>-renamed` all count, and nothing that
 //! is not a candidate ever counts.
 //!
-//! Algorithm: slide a 32-byte window; a window is looked up only if all 32 bytes are nix32
-//! characters. On a non-alphabet byte at window offset `j`, the window jumps past it (no
-//! window containing that byte can match). The scanner keeps the last 31 bytes of the
-//! stream so that matches spanning chunk boundaries are found. Each byte is inspected a
-//! bounded number of times, so cost is linear in the input.
+//! Algorithm: a 32-byte window is looked up only if all 32 bytes are nix32 characters
+//! (tracked as the length of the current run of such bytes, so each byte is inspected once);
+//! a small bit filter on the window's first bytes avoids most map lookups. The scanner keeps
+//! the last 31 bytes of the stream so that matches spanning chunk boundaries are found. Cost
+//! is linear in the input.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 
 use crate::nixbase32::is_nix32_char;
 use crate::store_path::{HASH_PART_LEN, StorePath};
+
+const FILTER_BITS: usize = 1 << 16;
 
 /// Scans a stream for the hash parts of candidate store paths. Also an [`io::Write`] sink, so
 /// a NAR dumper can write straight into it (or through a tee).
@@ -25,6 +27,8 @@ pub struct RefScanner {
     /// Hash part → candidates with that hash part (normally one).
     candidates: HashMap<[u8; HASH_PART_LEN], Vec<StorePath>>,
     found: BTreeSet<StorePath>,
+    /// Bit `filter_index(hash part)` is set for every candidate.
+    filter: Vec<u64>,
     /// The last `HASH_PART_LEN - 1` bytes seen (fewer at the start).
     tail: Vec<u8>,
 }
@@ -40,9 +44,17 @@ impl RefScanner {
                 entry.push(p);
             }
         }
+        let mut filter = vec![0u64; FILTER_BITS / 64];
+        for key in map.keys() {
+            let i = Self::filter_index(key);
+            if let Some(w) = filter.get_mut(i / 64) {
+                *w |= 1 << (i % 64);
+            }
+        }
         RefScanner {
             candidates: map,
             found: BTreeSet::new(),
+            filter,
             tail: Vec::with_capacity(HASH_PART_LEN * 2),
         }
     }
@@ -79,14 +91,24 @@ impl RefScanner {
     }
 
     fn scan(&mut self, data: &[u8]) {
-        let mut i = 0;
-        'windows: while let Some(window) = data.get(i..i + HASH_PART_LEN) {
-            // Check from the back: a bad byte at offset j lets us skip j+1 positions.
-            for j in (0..HASH_PART_LEN).rev() {
-                if !window.get(j).is_some_and(|&c| is_nix32_char(c)) {
-                    i += j + 1;
-                    continue 'windows;
-                }
+        // `run` counts consecutive nix32 bytes ending at `i`; once it reaches 32 the window
+        // ending here is a possible hash part. A 64 Kibit filter on its first bytes keeps
+        // the full map lookup off the hot path for long runs of nix32-looking data.
+        let mut run = 0usize;
+        for (i, &c) in data.iter().enumerate() {
+            if !is_nix32_char(c) {
+                run = 0;
+                continue;
+            }
+            run += 1;
+            if run < HASH_PART_LEN {
+                continue;
+            }
+            let Some(window) = data.get(i + 1 - HASH_PART_LEN..=i) else {
+                continue;
+            };
+            if !self.filter_hit(window) {
+                continue;
             }
             if let Some(paths) = self.candidates.remove(window) {
                 self.found.extend(paths);
@@ -94,8 +116,20 @@ impl RefScanner {
                     return;
                 }
             }
-            i += 1;
         }
+    }
+
+    fn filter_index(window: &[u8]) -> usize {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(window.get(..4).unwrap_or(&[0; 4]));
+        (u32::from_le_bytes(b).wrapping_mul(0x9E37_79B1) >> 16) as usize
+    }
+
+    fn filter_hit(&self, window: &[u8]) -> bool {
+        let i = Self::filter_index(window);
+        self.filter
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
     /// The candidates found so far.

@@ -682,6 +682,40 @@ impl Derivation {
     }
 }
 
+/// A derivation output identified by the derivation's (masked) hash modulo, as in
+/// realisations and BuildResult's `builtOutputs` before the `realisation-with-path-not-hash`
+/// feature: `sha256:<base16>!<output>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DrvOutput {
+    pub drv_hash: Hash,
+    pub output: String,
+}
+
+impl DrvOutput {
+    /// Parses `<algo>:<digest>!<output>`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |reason: String| Error::BadDrvOutput {
+            input: excerpt(s),
+            reason,
+        };
+        let (hash, output) = s
+            .rsplit_once('!')
+            .ok_or_else(|| bad("expected '<hash>!<output>'".into()))?;
+        let drv_hash = Hash::parse_prefixed(hash).map_err(|e| bad(e.to_string()))?;
+        crate::store_path::validate_output_name(output).map_err(|e| bad(e.to_string()))?;
+        Ok(DrvOutput {
+            drv_hash,
+            output: output.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for DrvOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}!{}", self.drv_hash.to_typed_base16(), self.output)
+    }
+}
+
 /// Memoised hashes modulo of derivations in a store, loaded through a caller-supplied
 /// function (core does no I/O). Walks input derivations iteratively, so deep graphs cannot
 /// overflow the stack; a cycle (impossible in a real store) is reported as an error.

@@ -529,3 +529,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn drv_output_ids() {
+    // worker-protocol.md §5.6: the id the 2.8 daemon sent for bd-test.
+    let s = "sha256:74efd719692c7f72ff4d4b686c40b57a304729d410709eefee2bef7b545b4783!out";
+    let id = DrvOutput::parse(s).unwrap();
+    assert_eq!(id.output, "out");
+    assert_eq!(id.to_string(), s);
+    let drv = Derivation::parse(&sd(), BD_TEST.as_bytes(), "bd-test").unwrap();
+    let h = drv.hash_modulo(&sd(), true, no_inputs).unwrap();
+    assert_eq!(
+        DrvOutput {
+            drv_hash: h.get("out").copied().unwrap(),
+            output: "out".into()
+        },
+        id
+    );
+    for bad in [
+        "",
+        "sha256:74ef!out",
+        "74efd719692c7f72ff4d4b686c40b57a304729d410709eefee2bef7b545b4783!out",
+        &s.replace("!out", "!"),
+        &s.replace("!out", ""),
+    ] {
+        assert!(DrvOutput::parse(bad).is_err(), "{bad}");
+    }
+}

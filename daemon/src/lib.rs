@@ -1,0 +1,50 @@
+//! `nixnest-daemon`: the daemon's foundation — configuration (`nix.conf`), peer
+//! authorization, the accept loop and the control socket. The worker-protocol session
+//! plugs in through [`listener::Handler`].
+//!
+//! Module map:
+//! * [`config`] — `nix.conf` grammar, file locations, typed [`config::Settings`], and the
+//!   per-session `SetOptions` policy;
+//! * [`auth`] — `SO_PEERCRED` → [`auth::PeerInfo`] → the pure [`auth::authorize`];
+//! * [`listener`] — binding / socket activation, connection cap, backoff, shutdown;
+//! * [`control`] — the session/build [`control::Registry`] and the root-only control socket;
+//! * [`cli`] — command-line flags (`nix-daemon` compatible).
+
+// `unwrap`/`expect` are fine in tests (COMMON.md); the workspace lints forbid them elsewhere.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod listener;
+
+/// nixnest's own version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+macro_rules! nix_version_compat {
+    () => {
+        "2.34.8"
+    };
+}
+pub(crate) use nix_version_compat;
+
+macro_rules! daemon_version_string {
+    () => {
+        concat!(
+            $crate::nix_version_compat!(),
+            "+nixnest.",
+            env!("CARGO_PKG_VERSION")
+        )
+    };
+}
+pub(crate) use daemon_version_string;
+
+/// The Nix release whose protocol and behaviour nixnest follows (written only here).
+pub const NIX_VERSION_COMPAT: &str = nix_version_compat!();
+
+/// The daemon version string sent in the handshake (protocol ≥ 1.33). Clients only
+/// display it (`nix store info`), so it states what we are: a semver string whose
+/// release part is the Nix version we follow — version-comparing scripts still see
+/// 2.34.8 — and whose build metadata names nixnest: `2.34.8+nixnest.0.1.0`.
+pub const DAEMON_VERSION_STRING: &str = daemon_version_string!();
