@@ -26,7 +26,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod builddir;
-pub mod canon;
 pub mod chroot;
 pub mod drvattrs;
 pub mod env;

@@ -8,7 +8,7 @@
 //! 1. per output: `lstat` (missing → "builder for '…' failed to produce output path for
 //!    output '…' at '…'"); refuse a non-symlink that is group- or world-writable, or an
 //!    object not owned by the build user ("suspicious ownership or permission on …");
-//!    canonicalise with the ownership check (see [`crate::canon`]); dump it as a NAR once,
+//!    canonicalise with the ownership check (`nixnest_store::canonicalise`); dump it as a NAR once,
 //!    feeding both the NAR hash and the reference scanner (candidates: input closure ∪
 //!    outputs ∪ paths added by recursive Nix ∪ what the caller adds);
 //! 2. outputs that refer to each other must not form a cycle ("cycle detected in build of
@@ -49,10 +49,10 @@ use rustix::fs::{FileType, Mode, RenameFlags};
 use rustix::io::Errno;
 use serde_json::Value;
 
-use crate::canon::{self, InodesSeen};
 use crate::drvattrs::DrvAttrs;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
+use nixnest_store::canonicalise::{self as canon, InodesSeen};
 
 /// What registration needs.
 pub struct RegisterJob<'a> {
@@ -164,8 +164,12 @@ pub fn register_outputs(job: &RegisterJob<'_>) -> Result<Registration> {
             &mut seen,
         ) {
             Ok(()) => {}
-            Err(Error::Other(m)) => return Ok(rejected(m)),
-            Err(e) => return Err(e),
+            // Foreign ownership and unsupported file types are the build's fault.
+            Err(e @ nixnest_store::Error::Other(_))
+            | Err(e @ nixnest_store::Error::UnsupportedFileType(_)) => {
+                return Ok(rejected(e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
         }
         let mut scanner = RefScanner::new(job.candidates.iter().cloned());
         let mut hasher = NarHasher::new();
