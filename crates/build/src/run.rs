@@ -355,6 +355,11 @@ impl<'a> Builder<'a> {
                 "cannot build '{drv_s}': only input-addressed and fixed-output derivations are supported"
             )));
         }
+        if let Some(name) = job.drv.builder.strip_prefix("builtin:") {
+            return reject(Error::BadDerivation(format!(
+                "cannot build '{drv_s}': the builtin builder '{name}' is not supported by nixnest yet"
+            )));
+        }
         let mut outputs = BTreeMap::new();
         for (name, out) in job.drv.output_paths(sd)? {
             let p = out.ok_or_else(|| {

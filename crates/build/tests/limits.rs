@@ -114,7 +114,11 @@ fn failures_keep_the_build_dir_only_when_asked() {
     let fx = Fx::new(1);
     let (drv_path, drv) = fx.instantiate(
         "fail.nix",
-        &Expr::new("fail", "echo partial > /build/state; exit 7").to_nix(),
+        &Expr::new(
+            "fail",
+            "echo partial > /build/state; echo '@nix {\"action\":\"msg\",\"level\":0,\"msg\":\"structured\"}'; exit 7",
+        )
+        .to_nix(),
     );
     let mut ev = Collect::default();
     let out = fx.build_with(&drv_path, &drv, &common::settings(), &mut ev);
@@ -127,6 +131,12 @@ fn failures_keep_the_build_dir_only_when_asked() {
         )
     );
     assert!(ev.notes.is_empty());
+    // `@nix` lines are structured messages, not log lines (nor part of the failure tail).
+    assert_eq!(
+        ev.structured,
+        [r#"{"action":"msg","level":0,"msg":"structured"}"#]
+    );
+    assert!(ev.lines.is_empty(), "{:?}", ev.lines);
     let builds = fx.ts.state_dir().join("builds");
     assert_eq!(std::fs::read_dir(&builds).unwrap().count(), 0);
 

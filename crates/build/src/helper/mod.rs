@@ -48,9 +48,12 @@ use crate::spec::{self, Event, Reply, Request, Spec};
 
 /// Entry point of the helper program: never returns. Exit status 0 after a normal
 /// supervision (whatever the builder did), 1 if the helper itself failed.
+///
+/// Call it first thing in `main` (before any runtime, logger or thread is started): the
+/// helper must be single-threaded, and refuses to run otherwise.
 pub fn helper_main() -> ! {
     let started = Instant::now();
-    let code = match run(started) {
+    let code = match check_single_threaded().and_then(|()| run(started)) {
         Ok(()) => 0,
         Err(e) => {
             // stderr is the build log: the message ends up where the user looks.
@@ -59,6 +62,24 @@ pub fn helper_main() -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// `Threads: 1` in `/proc/self/status`.
+fn check_single_threaded() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io("reading /proc/self/status", e))?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(str::trim);
+    if threads == Some("1") {
+        Ok(())
+    } else {
+        Err(Error::Helper(format!(
+            "the build helper must be single-threaded, but this process has {} threads; call helper_main before starting any",
+            threads.unwrap_or("?")
+        )))
+    }
 }
 
 /// A running builder and what we keep to serve it.
