@@ -10,11 +10,14 @@
 //!                                            written by the helper once the ids are known
 //!     <store dir>/                           1775 root:<build gid>; parents 0755
 //!       <input file or symlink>              hard link (a copy if linking fails)
-//!       <input directory>                    bind-mounted by the helper
+//!       <input directory>                    bind-mounted read-only by the helper
 //! ```
 //!
 //! It lives inside the store so that outputs can be `rename`d into place and inputs
-//! hard-linked. Bind mounts (sorted by target, so parents come first): every input
+//! hard-linked. Store paths are bound **read-only** (CppNix relies on permissions alone):
+//! a builder running with the uid that owns the store — no build users, or an unprivileged
+//! daemon — could otherwise `chmod` its inputs and write to them; for the same reason such
+//! a build gets its input *files* bind-mounted read-only instead of hard-linked. Bind mounts (sorted by target, so parents come first): every input
 //! directory, the build dir at `sandbox-build-dir`, each `sandbox-paths` entry (`path`,
 //! `target=source`, trailing `?` = optional; `/proc` is ignored) together with the closure
 //! of any store path among them, and for fixed-output derivations the host's
@@ -45,8 +48,25 @@ pub struct Chroot {
     root: PathBuf,
     chroot_store: PathBuf,
     chroot_store_fd: OwnedFd,
-    /// Bind mounts for the helper: target (inside) → (source, optional).
-    binds: BTreeMap<String, (String, bool)>,
+    /// Bind mounts for the helper, by target (inside).
+    binds: BTreeMap<String, BindSource>,
+}
+
+#[derive(Debug, Clone)]
+struct BindSource {
+    source: String,
+    optional: bool,
+    read_only: bool,
+}
+
+impl BindSource {
+    fn new(source: impl Into<String>, optional: bool, read_only: bool) -> Self {
+        BindSource {
+            source: source.into(),
+            optional,
+            read_only,
+        }
+    }
 }
 
 /// One `sandbox-paths` entry: target → (source, optional).
@@ -78,6 +98,10 @@ pub struct ChrootParams<'a> {
     /// Host build dir and where it appears inside.
     pub build_dir: &'a Path,
     pub build_dir_in_sandbox: &'a str,
+    /// The builder runs with the uid that owns the store (no build user): then input files
+    /// are bind-mounted read-only rather than hard-linked, since the owner of an inode
+    /// could otherwise `chmod` it and write through the link.
+    pub builder_owns_store: bool,
 }
 
 impl Chroot {
@@ -154,11 +178,13 @@ impl Chroot {
             {
                 closure_start.insert(sp);
             }
-            chroot.binds.insert(target, (source, optional));
+            chroot
+                .binds
+                .insert(target, BindSource::new(source, optional, false));
         }
         chroot.binds.insert(
             p.build_dir_in_sandbox.to_owned(),
-            (p.build_dir.to_string_lossy().into_owned(), false),
+            BindSource::new(p.build_dir.to_string_lossy(), false, false),
         );
         if !closure_start.is_empty() {
             for sp in p
@@ -167,14 +193,14 @@ impl Chroot {
             {
                 let s = store_dir.print(&sp);
                 chroot.binds.insert(
-                    s.clone(),
-                    (
+                    s,
+                    BindSource::new(
                         p.store
                             .real_store_dir()
                             .join(sp.to_string())
-                            .to_string_lossy()
-                            .into_owned(),
+                            .to_string_lossy(),
                         false,
+                        true,
                     ),
                 );
             }
@@ -182,23 +208,24 @@ impl Chroot {
         if p.fixed_output {
             for f in etc::FOD_HOST_FILES {
                 if Path::new(f).exists() {
-                    chroot.binds.insert(f.to_owned(), (f.to_owned(), false));
+                    chroot
+                        .binds
+                        .insert(f.to_owned(), BindSource::new(f, false, false));
                 }
             }
         }
 
-        // Inputs: directories bound, everything else hard-linked.
+        // Inputs: directories bound read-only; files hard-linked (or, when the builder owns
+        // them, bound read-only); symlinks hard-linked.
         for input in p.input_paths {
             let base = fsutil::component(input.to_string())?;
             let st = rustix::fs::statat(chroot.store_fd.as_fd(), &base, AtFlags::SYMLINK_NOFOLLOW)
                 .ctx("getting attributes of path", &real.join(input.to_string()))?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            let ft = FileType::from_raw_mode(st.st_mode);
+            if ft == FileType::Directory || (ft == FileType::RegularFile && p.builder_owns_store) {
                 chroot.binds.insert(
                     store_dir.print(input),
-                    (
-                        real.join(input.to_string()).to_string_lossy().into_owned(),
-                        false,
-                    ),
+                    BindSource::new(real.join(input.to_string()).to_string_lossy(), false, true),
                 );
             } else {
                 link_or_copy(
@@ -234,10 +261,11 @@ impl Chroot {
     pub fn binds(&self) -> Vec<Bind> {
         self.binds
             .iter()
-            .map(|(t, (s, o))| Bind {
+            .map(|(t, b)| Bind {
                 target: t.clone(),
-                source: s.clone(),
-                optional: *o,
+                source: b.source.clone(),
+                optional: b.optional,
+                read_only: b.read_only,
             })
             .collect()
     }

@@ -202,6 +202,8 @@ struct HandleInner {
     store: StoreLoc,
     chroot: Option<ChrootLoc>,
     allowed: BTreeSet<StorePath>,
+    /// Bind files read-only instead of hard-linking them (the builder owns the store).
+    bind_files: bool,
     added: Mutex<BTreeSet<StorePath>>,
     finished: AtomicBool,
 }
@@ -240,10 +242,13 @@ impl SandboxHandle {
             .unwrap_or_default()
     }
 
-    /// Makes the valid store path `path` appear in the sandbox: directories are
-    /// bind-mounted by the helper from inside the sandbox's namespaces; files and symlinks
-    /// are hard-linked (copied if linking fails) into the chroot's store. Unsandboxed builds
-    /// only record it. Added paths become reference candidates.
+    /// Makes the valid store path `path` appear in the sandbox: directories (and, when the
+    /// builder runs with the store owner's uid, files) are bind-mounted read-only by the
+    /// helper from inside the sandbox's namespaces; other files and symlinks are
+    /// hard-linked (copied if linking fails) into the chroot's store. Unsandboxed builds
+    /// only record it. Added paths become reference candidates. Safe to call from any
+    /// thread, including from `BuildEvents` callbacks: the helper answers on a pipe of its
+    /// own, not through the build loop.
     pub fn make_visible(&self, path: &StorePath) -> Result<()> {
         if self.is_allowed(path) {
             return Ok(());
@@ -277,7 +282,10 @@ impl SandboxHandle {
         let st = fsutil::lstat_at(self.inner.store.fd.as_fd(), &cbase)
             .map_err(|e| Error::io_at("getting status of", &source, e))?
             .ok_or_else(|| Error::Other(format!("path '{printed}' does not exist")))?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+        let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        if ft == rustix::fs::FileType::Directory
+            || (ft == rustix::fs::FileType::RegularFile && self.inner.bind_files)
+        {
             let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .map_err(|e| Error::io("pipe", e))?;
             spec::send(
@@ -539,6 +547,7 @@ impl<'a> Builder<'a> {
                 sandbox_paths: &self.settings.sandbox_paths,
                 build_dir: &host_dir,
                 build_dir_in_sandbox: &in_sandbox,
+                builder_owns_store: job.build_user.is_none(),
             })?)
         } else {
             None
@@ -597,6 +606,7 @@ impl<'a> Builder<'a> {
                 None => None,
             },
             allowed: job.input_paths.clone(),
+            bind_files: job.build_user.is_none(),
         };
         let goal = job.goal_name.clone().unwrap_or_else(|| {
             format!(
@@ -814,6 +824,7 @@ impl<'a> Builder<'a> {
                 store: handle_parts.store,
                 chroot: handle_parts.chroot,
                 allowed: handle_parts.allowed,
+                bind_files: handle_parts.bind_files,
                 added: Mutex::new(BTreeSet::new()),
                 finished: AtomicBool::new(false),
             }),
@@ -1023,6 +1034,7 @@ struct HandleParts {
     store: StoreLoc,
     chroot: Option<ChrootLoc>,
     allowed: BTreeSet<StorePath>,
+    bind_files: bool,
 }
 
 /// `/proc/sys/user/max_user_namespaces` exists and is not 0.

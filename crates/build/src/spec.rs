@@ -108,6 +108,10 @@ pub struct Bind {
     pub source: String,
     /// Skip silently if `source` does not exist.
     pub optional: bool,
+    /// Remount read-only (store paths: the builder must not change its inputs, even when
+    /// it runs with the uid that owns them).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Caller → helper.

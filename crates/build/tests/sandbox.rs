@@ -574,13 +574,16 @@ fn root_without_build_users_builds_as_root_in_a_user_namespace() {
         "asroot.nix",
         &Expr::new(
             "asroot",
-            "{ id; busybox awk '{print $1, $2}' /proc/self/uid_map; } > $out",
+            "{ id; busybox awk '{print $1, $2}' /proc/self/uid_map; \
+             chmod u+w $PATH 2>&1 | sed 's/.*: //'; } > $out",
         )
         .to_nix(),
     );
     assert_eq!(out.status, BuildStatus::Built, "{:?}", out.error_msg);
+    // The builder is host root (without capabilities) and so the owner of its inputs:
+    // they are mounted read-only.
     assert_eq!(
         fx.read_output(&out, "out"),
-        "uid=1000(nixbld) gid=100(nixbld)\n1000 0\n"
+        "uid=1000(nixbld) gid=100(nixbld)\n1000 0\nRead-only file system\n"
     );
 }

@@ -96,8 +96,10 @@ fn inner_unprivileged_build() {
     let bb_s = sd.print(&bb);
 
     // The derivation, written as the evaluator would.
+    // The builder has the uid that owns the store: its inputs must still be read-only.
     let script = "{ id; cat /proc/self/uid_map; hostname; cat /etc/passwd; \
-                  busybox nc -w 1 192.0.2.1 80 </dev/null 2>&1; ls $NIX_STORE | wc -l; } > $out";
+                  busybox nc -w 1 192.0.2.1 80 </dev/null 2>&1; ls $NIX_STORE | wc -l; \
+                  chmod u+w $PATH 2>&1 || true; } > $out";
     let env: BTreeMap<String, String> = [
         ("name", "unpriv"),
         ("system", nixnest_build::settings::native_system()),
@@ -165,6 +167,7 @@ fn inner_unprivileged_build() {
     assert_eq!(lines[4], "nixbld:x:1000:100:Nix build user:/build:/noshell");
     assert!(lines[6].contains("Network is unreachable"), "{text}");
     assert_eq!(lines[7], "2", "only busybox and the output in the store");
+    assert!(lines[8].ends_with("Read-only file system"), "{text}");
     assert_eq!(ev.started.as_ref().map(|s| s.2), Some(true));
     // Everything belongs to the unprivileged user; nothing is left behind.
     use std::os::unix::fs::MetadataExt;

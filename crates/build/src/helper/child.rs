@@ -267,7 +267,8 @@ fn under(root: &Path, inside: &str) -> PathBuf {
 
 /// Bind-mounts `source` on `target` (CppNix's `doBind`): the target is created as a
 /// directory or an empty file to match the source (which is `stat`ed, following links).
-fn do_bind(source: &Path, target: &Path, optional: bool) -> R<()> {
+/// `read_only`: then remounted read-only (keeping the source's locked flags).
+pub(super) fn do_bind(source: &Path, target: &Path, optional: bool, read_only: bool) -> R<()> {
     let st = match std::fs::metadata(source) {
         Ok(st) => st,
         Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -302,7 +303,36 @@ fn do_bind(source: &Path, target: &Path, optional: bool) -> R<()> {
                 target.display()
             )
         },
-    )
+    )?;
+    if read_only {
+        remount_read_only(target)?;
+    }
+    Ok(())
+}
+
+/// Remounts the bind mount at `target` read-only. In a user namespace the flags the mount
+/// inherited (`nosuid`, `nodev`, `noexec`, atime) are locked and must be repeated.
+pub(super) fn remount_read_only(target: &Path) -> R<()> {
+    let st = rustix::fs::statvfs(target)
+        .map_err(|e| format!("getting mount flags of '{}': {e}", target.display()))?;
+    let f = st.f_flag;
+    use rustix::fs::StatVfsMountFlags as M;
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+    for (m, ms) in [
+        (M::NOSUID, libc::MS_NOSUID),
+        (M::NODEV, libc::MS_NODEV),
+        (M::NOEXEC, libc::MS_NOEXEC),
+        (M::NOATIME, libc::MS_NOATIME),
+        (M::NODIRATIME, libc::MS_NODIRATIME),
+        (M::RELATIME, libc::MS_RELATIME),
+    ] {
+        if f.contains(m) {
+            flags |= ms;
+        }
+    }
+    mount_or(None, target, None, flags, None, || {
+        format!("remounting '{}' read-only", target.display())
+    })
 }
 
 fn loopback_up() -> R<()> {
@@ -362,7 +392,8 @@ fn enter_sandbox(spec: &Spec, sb: &SandboxSpec, user_namespace: bool) -> R<()> {
         format!("unable to make '{}' shared", store.display())
     })?;
 
-    let mut binds: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
+    // (source, target, optional, read-only)
+    let mut binds: Vec<(PathBuf, PathBuf, bool, bool)> = Vec::new();
     if sb.minimal_dev {
         create_dirs(&root.join("dev/shm"))?;
         create_dirs(&root.join("dev/pts"))?;
@@ -378,7 +409,7 @@ fn enter_sandbox(spec: &Spec, sb: &SandboxSpec, user_namespace: bool) -> R<()> {
             "/dev/zero",
         ]);
         for n in nodes {
-            binds.push((PathBuf::from(n), under(&root, n), false));
+            binds.push((PathBuf::from(n), under(&root, n), false, false));
         }
         for (target, link) in [
             ("/proc/self/fd", "dev/fd"),
@@ -399,10 +430,11 @@ fn enter_sandbox(spec: &Spec, sb: &SandboxSpec, user_namespace: bool) -> R<()> {
             PathBuf::from(&b.source),
             under(&root, &b.target),
             b.optional,
+            b.read_only,
         ));
     }
-    for (source, target, optional) in &binds {
-        do_bind(source, target, *optional)?;
+    for (source, target, optional, read_only) in &binds {
+        do_bind(source, target, *optional, *read_only)?;
     }
 
     let proc_dir = root.join("proc");
@@ -449,8 +481,8 @@ fn enter_sandbox(spec: &Spec, sb: &SandboxSpec, user_namespace: bool) -> R<()> {
                 })?;
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                do_bind(Path::new("/dev/pts"), &root.join("dev/pts"), false)?;
-                do_bind(Path::new("/dev/ptmx"), &root.join("dev/ptmx"), false)?;
+                do_bind(Path::new("/dev/pts"), &root.join("dev/pts"), false, false)?;
+                do_bind(Path::new("/dev/ptmx"), &root.join("dev/ptmx"), false, false)?;
             }
             Err(e) => return Err(format!("mounting /dev/pts: {e}")),
         }

@@ -489,30 +489,5 @@ fn enter_and_bind(
             ));
         }
     }
-    let st = std::fs::symlink_metadata(source)
-        .map_err(|e| format!("getting attributes of '{source}': {e}"))?;
-    if st.is_dir() {
-        std::fs::create_dir_all(target).map_err(|e| format!("creating '{target}': {e}"))?;
-    } else {
-        std::fs::write(target, b"").map_err(|e| format!("creating '{target}': {e}"))?;
-    }
-    let s = std::ffi::CString::new(source).map_err(|_| "NUL in path".to_owned())?;
-    let t = std::ffi::CString::new(target).map_err(|_| "NUL in path".to_owned())?;
-    // SAFETY: valid C strings.
-    if unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            c"".as_ptr(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    } == -1
-    {
-        return Err(format!(
-            "bind mount from '{source}' to '{target}' failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+    child::do_bind(Path::new(source), Path::new(target), false, true)
 }
