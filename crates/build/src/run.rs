@@ -68,6 +68,9 @@ pub struct BuildJob<'a> {
     /// How messages name the build (CppNix: `building of '<drv>!<outputs>' from .drv
     /// file`); `None` = that form with all outputs.
     pub goal_name: Option<String>,
+    /// Set it (from any thread) to stop the build: everything is killed and the outcome
+    /// is MiscFailure "interrupted by the user" (e.g. the client went away).
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 impl<'a> BuildJob<'a> {
@@ -82,6 +85,7 @@ impl<'a> BuildJob<'a> {
             extra_candidates: BTreeSet::new(),
             temp_roots: None,
             goal_name: None,
+            cancel: None,
         }
     }
 }
@@ -622,6 +626,7 @@ impl<'a> Builder<'a> {
             &host_dir,
             sandboxed,
             &goal,
+            job.cancel,
             &mut splitter,
             events,
         )?;
@@ -794,6 +799,7 @@ impl<'a> Builder<'a> {
         host_dir: &Path,
         sandboxed: bool,
         goal: &str,
+        cancel: Option<&AtomicBool>,
         splitter: &mut LogSplitter,
         events: &mut dyn BuildEvents,
     ) -> Result<(RunResult, BTreeSet<StorePath>)> {
@@ -894,6 +900,18 @@ impl<'a> Builder<'a> {
                         }
                         wait = Some(wait.map_or(left, |w| w.min(left)));
                     }
+                }
+                if let Some(c) = cancel {
+                    if c.load(Ordering::SeqCst)
+                        && result.killed_for.is_none()
+                        && exited_at.is_none()
+                    {
+                        result.killed_for =
+                            Some((BuildStatus::MiscFailure, "interrupted by the user".into()));
+                    }
+                    // Look at the flag at least this often.
+                    let poll = Duration::from_millis(100);
+                    wait = Some(wait.map_or(poll, |w| w.min(poll)));
                 }
                 if result.killed_for.is_some() && !kill_sent {
                     kill_sent = true;

@@ -209,3 +209,68 @@ impl std::io::Write for HashSink<'_> {
         Ok(())
     }
 }
+
+#[test]
+fn output_checks() {
+    require_env!();
+    let fx = Fx::new(1);
+    let expr = |name: &str, attr: &str| {
+        Expr::new(
+            name,
+            "mkdir $out $dev; echo $PATH > $out/p; echo $dev > $out/d; touch $dev/x",
+        )
+        .attr("outputs", r#"[ "out" "dev" ]"#)
+        .attr(
+            attr.split_once('=').unwrap().0,
+            attr.split_once('=').unwrap().1,
+        )
+        .to_nix()
+    };
+    let check = |name: &str, attr: &str| {
+        let (drv_path, drv) = fx.instantiate(&format!("{name}.nix"), &expr(name, attr));
+        let out = fx.build_with(
+            &drv_path,
+            &drv,
+            &common::settings(),
+            &mut Collect::default(),
+        );
+        let paths = drv.output_paths(fx.store.store_dir()).unwrap();
+        let out_p = fx.print(paths["out"].as_ref().unwrap());
+        let dev_p = fx.print(paths["dev"].as_ref().unwrap());
+        let bb = fx.print(drv.input_srcs.iter().next().unwrap());
+        (out, out_p, dev_p, bb)
+    };
+    let refused = |o: &nixnest_build::BuildOutcome| {
+        assert_eq!(o.status, BuildStatus::OutputRejected, "{:?}", o.error_msg);
+        assert!(o.built_outputs.is_empty());
+        o.error_msg.clone().unwrap()
+    };
+
+    let (o, out, _, bb) = check("c1", r#"allowedReferences=[ "dev" ]"#);
+    assert_eq!(
+        refused(&o),
+        format!("output '{out}' is not allowed to refer to the following paths:\n  {bb}")
+    );
+    let (o, ..) = check("c2", r#"allowedReferences=[ "dev" ./bb ]"#);
+    assert_eq!(o.status, BuildStatus::Built, "{:?}", o.error_msg);
+    let (o, out, dev, _) = check("c3", r#"disallowedReferences=[ "dev" ]"#);
+    assert_eq!(
+        refused(&o),
+        format!("output '{out}' is not allowed to refer to the following paths:\n  {dev}")
+    );
+    let (o, out, _, bb) = check("c4", r#"allowedRequisites=[ "dev" ]"#);
+    assert_eq!(
+        refused(&o),
+        format!("output '{out}' is not allowed to refer to the following paths:\n  {bb}")
+    );
+    let (o, out, _, bb) = check("c5", r#"disallowedRequisites=[ ./bb ]"#);
+    assert_eq!(
+        refused(&o),
+        format!("output '{out}' is not allowed to refer to the following paths:\n  {bb}")
+    );
+    let (o, ..) = check("c6", r#"allowedReferences=[ "nonsense" ]"#);
+    assert_eq!(
+        refused(&o),
+        "derivation contains an illegal reference specifier 'nonsense'"
+    );
+}

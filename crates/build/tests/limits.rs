@@ -223,3 +223,28 @@ fn unsandboxed_builds_still_use_build_users() {
     // The background sleep was killed with the rest of the build user's processes.
     assert!(processes_of_uid(lease.uid).is_empty());
 }
+
+#[test]
+fn cancelling_kills_the_build() {
+    require_env!();
+    let fx = Fx::new(1);
+    let (drv_path, drv) = fx.instantiate("cancel.nix", &Expr::new("cancel", ESCAPER).to_nix());
+    let lease = fx.lease();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let settings = common::settings();
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut job = nixnest_build::BuildJob::new(drv_path.clone(), &drv, fx.inputs(&drv));
+        job.build_user = Some(&lease);
+        job.cancel = Some(&cancel);
+        nixnest_build::Builder::new(&fx.store, &settings)
+            .build(&job, &mut Collect::default())
+            .unwrap()
+    });
+    assert_eq!(out.status, BuildStatus::MiscFailure);
+    assert_eq!(out.error_msg.as_deref(), Some("interrupted by the user"));
+    assert!(processes_of_uid(lease.uid).is_empty());
+}

@@ -467,6 +467,14 @@ fn fixed_output_derivations_share_the_host_network() {
         .unwrap()
         .ino();
     assert_ne!(ev.lines[2], ino.to_string());
+    // A failing fixed-output build is a transient failure (the network may come back).
+    let failing = Expr::new("fodfail", "exit 1")
+        .env("outputHashMode", "flat")
+        .env("outputHashAlgo", "sha256")
+        .env("outputHash", &hex)
+        .to_nix();
+    let (_, out, _) = fx.build_expr("fodfail.nix", &failing);
+    assert_eq!(out.status, BuildStatus::TransientFailure);
     // A sandboxed derivation does not get the host network.
     let (_, out, ev) = fx.build_expr(
         "net.nix",
