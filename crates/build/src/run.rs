@@ -481,8 +481,15 @@ impl<'a> Builder<'a> {
             )))
         };
 
-        // Unsandboxed builds write straight into the store: clear invalid leftovers.
+        // Unsandboxed builds write straight into the store: clear invalid leftovers, and
+        // refuse to run a builder that would write into a valid output (CppNix rewrites
+        // hashes to scratch paths there; nixnest does not).
         if !sandboxed {
+            if wanted.len() != outputs.len() {
+                return reject(Error::BadDerivation(format!(
+                    "cannot build the missing outputs of '{drv_s}' without the sandbox: some of its outputs are already valid"
+                )));
+            }
             let store_fd = fsutil::open_dir(self.store.real_store_dir())?;
             for p in wanted.values() {
                 let base = fsutil::component(p.to_string())?;

@@ -595,3 +595,63 @@ fn root_without_build_users_builds_as_root_in_a_user_namespace() {
         "uid=1000(nixbld) gid=100(nixbld)\n1000 0\nRead-only file system\n"
     );
 }
+
+#[test]
+fn only_missing_outputs_are_rebuilt() {
+    require_env!();
+    let fx = Fx::new(1);
+    let (drv_path, drv) = fx.instantiate(
+        "two.nix",
+        &Expr::new("two", "echo out > $out; echo dev > $dev")
+            .attr("outputs", r#"[ "out" "dev" ]"#)
+            .to_nix(),
+    );
+    let first = fx.build_with(
+        &drv_path,
+        &drv,
+        &common::settings(),
+        &mut Collect::default(),
+    );
+    assert_eq!(first.status, BuildStatus::Built, "{:?}", first.error_msg);
+    let again = fx.build_with(
+        &drv_path,
+        &drv,
+        &common::settings(),
+        &mut Collect::default(),
+    );
+    assert_eq!(again.status, BuildStatus::AlreadyValid);
+    assert_eq!(again.built_outputs.len(), 2);
+    // Lose one output, rebuild: only it is registered anew, the other is reported as is.
+    let dev = first.built_outputs["dev"].clone();
+    fx.ts
+        .nix("nix-store")
+        .arg("--delete")
+        .arg(fx.print(&dev.path))
+        .run();
+    assert!(!fx.store.is_valid_path(&dev.path).unwrap());
+    let third = fx.build_with(
+        &drv_path,
+        &drv,
+        &common::settings(),
+        &mut Collect::default(),
+    );
+    assert_eq!(third.status, BuildStatus::Built, "{:?}", third.error_msg);
+    assert_eq!(third.built_outputs["out"], first.built_outputs["out"]);
+    assert_eq!(third.built_outputs["dev"].nar_hash, dev.nar_hash);
+    assert!(fx.store.is_valid_path(&dev.path).unwrap());
+    // Without the sandbox that would mean writing into a valid path: refused.
+    fx.ts
+        .nix("nix-store")
+        .arg("--delete")
+        .arg(fx.print(&dev.path))
+        .run();
+    let mut settings = common::settings();
+    settings.sandbox = nixnest_build::SandboxMode::Disabled;
+    let fourth = fx.build_with(&drv_path, &drv, &settings, &mut Collect::default());
+    assert_eq!(
+        fourth.status,
+        BuildStatus::InputRejected,
+        "{:?}",
+        fourth.error_msg
+    );
+}
