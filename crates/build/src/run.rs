@@ -1036,7 +1036,12 @@ impl<'a> Builder<'a> {
             LogLine::Structured(j) => events.structured_log(j),
         });
         handle.inner.finished.store(true, Ordering::SeqCst);
-        // Make sure the helper is gone (it exits on its own after `Exited`).
+        if looped.is_err() {
+            // We stop watching: the build must not go on without us. (Closing our end
+            // would do, but handles handed out to other threads may keep it open.)
+            let _ = spec::send(ctl.as_fd(), &Request::Kill, &[]);
+        }
+        // The helper exits on its own after `Exited`.
         drop(ctl);
         let helper_status = child
             .wait()
