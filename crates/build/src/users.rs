@@ -225,13 +225,37 @@ pub fn kill_user(uid: u32) -> Result<()> {
     }
 }
 
+/// Runs a `get*nam_r` call with a buffer that grows (up to 16 MiB) while the call says
+/// `ERANGE`. `call` returns the call's result code and, when it found an entry, what it
+/// extracted from it (before the buffer is reused or freed).
+fn with_nss_buffer<T>(
+    what: &str,
+    mut call: impl FnMut(&mut [u8]) -> (i32, Option<T>),
+) -> Result<Option<T>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (r, found) = call(&mut buf);
+        if r == libc::ERANGE && buf.len() < (16 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if r != 0 {
+            return Err(Error::io(
+                format!("looking up {what}"),
+                std::io::Error::from_raw_os_error(r),
+            ));
+        }
+        return Ok(found);
+    }
+}
+
 /// `getgrnam_r`: the gid and member list of a group, `None` if it does not exist.
 pub fn lookup_group(name: &str) -> Result<Option<(u32, Vec<String>)>> {
     let cname =
         CString::new(name).map_err(|_| Error::BuildUsers("group name contains NUL".into()))?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: `grp` and `buf` outlive the call; the result points into `buf`.
+    with_nss_buffer(&format!("group '{name}'"), |buf| {
+        // SAFETY: `grp` and `buf` outlive the call; the result points into `buf`, and we
+        // copy what we need before returning.
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::group = std::ptr::null_mut();
         let r = unsafe {
@@ -243,18 +267,8 @@ pub fn lookup_group(name: &str) -> Result<Option<(u32, Vec<String>)>> {
                 &mut result,
             )
         };
-        if r == libc::ERANGE && buf.len() < (16 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if r != 0 {
-            return Err(Error::io(
-                format!("looking up group '{name}'"),
-                std::io::Error::from_raw_os_error(r),
-            ));
-        }
-        if result.is_null() {
-            return Ok(None);
+        if r != 0 || result.is_null() {
+            return (r, None);
         }
         let mut members = Vec::new();
         let mut p = grp.gr_mem;
@@ -265,16 +279,15 @@ pub fn lookup_group(name: &str) -> Result<Option<(u32, Vec<String>)>> {
                 p = p.add(1);
             }
         }
-        return Ok(Some((grp.gr_gid, members)));
-    }
+        (0, Some((grp.gr_gid, members)))
+    })
 }
 
 /// `getpwnam_r`: uid and primary gid of a user, `None` if it does not exist.
 pub fn lookup_user(name: &str) -> Result<Option<(u32, u32)>> {
     let cname =
         CString::new(name).map_err(|_| Error::BuildUsers("user name contains NUL".into()))?;
-    let mut buf = vec![0u8; 4096];
-    loop {
+    with_nss_buffer(&format!("user '{name}'"), |buf| {
         // SAFETY: as in `lookup_group`.
         let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -287,21 +300,11 @@ pub fn lookup_user(name: &str) -> Result<Option<(u32, u32)>> {
                 &mut result,
             )
         };
-        if r == libc::ERANGE && buf.len() < (16 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
+        if r != 0 || result.is_null() {
+            return (r, None);
         }
-        if r != 0 {
-            return Err(Error::io(
-                format!("looking up user '{name}'"),
-                std::io::Error::from_raw_os_error(r),
-            ));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        return Ok(Some((pw.pw_uid, pw.pw_gid)));
-    }
+        (0, Some((pw.pw_uid, pw.pw_gid)))
+    })
 }
 
 /// `getgrouplist(user, primary)`.
