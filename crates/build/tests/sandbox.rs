@@ -397,7 +397,7 @@ fn outputs_are_registered_with_their_references() {
 fn concurrent_builds_run_as_different_users() {
     require_env!();
     let fx = Fx::new(3);
-    let script = "busybox awk '{print $2}' /proc/self/uid_map > $out; sleep 1";
+    let script = "busybox awk '{print $2}' /proc/self/uid_map > $out; sleep 2";
     let a = fx.instantiate("a.nix", &Expr::new("a", script).to_nix());
     let b = fx.instantiate("b.nix", &Expr::new("b", script).to_nix());
     let fx = &fx;
