@@ -85,6 +85,36 @@ pub fn parse_sandbox_path(entry: &str) -> Option<(String, String, bool)> {
     })
 }
 
+/// Parses a `pre-build-hook`'s output (CppNix 2.8): lines `extra-sandbox-paths` (or
+/// `extra-chroot-dirs`), then `target[=source]` lines up to an empty line; repeatable.
+/// Returns (target, source) pairs; any other command is an error. Only complete lines
+/// count. (No `?` suffix handling here, as in CppNix.)
+pub fn parse_pre_build_hook(output: &str) -> Result<Vec<(String, String)>, String> {
+    let mut extra = false;
+    let mut paths = Vec::new();
+    let complete = match output.rfind('\n') {
+        Some(i) => output.get(..i).unwrap_or_default(),
+        None => return Ok(paths),
+    };
+    for line in complete.split('\n') {
+        if !extra {
+            if line == "extra-sandbox-paths" || line == "extra-chroot-dirs" {
+                extra = true;
+            } else {
+                return Err(format!("unknown pre-build hook command '{line}'"));
+            }
+        } else if line.is_empty() {
+            extra = false;
+        } else {
+            match line.split_once('=') {
+                Some((t, s)) => paths.push((t.to_owned(), s.to_owned())),
+                None => paths.push((line.to_owned(), line.to_owned())),
+            }
+        }
+    }
+    Ok(paths)
+}
+
 /// What the chroot needs to know.
 pub struct ChrootParams<'a> {
     pub store: &'a LocalStore,
@@ -270,6 +300,14 @@ impl Chroot {
             .collect()
     }
 
+    /// Adds bind mounts (from a pre-build hook).
+    pub fn add_binds(&mut self, paths: &[(String, String)]) {
+        for (t, s) in paths {
+            self.binds
+                .insert(t.clone(), BindSource::new(s.clone(), false, false));
+        }
+    }
+
     /// Whether `/dev` (resp. `/dev/pts`) is bound from the host.
     pub fn binds_target(&self, target: &str) -> bool {
         self.binds.contains_key(target)
@@ -356,6 +394,25 @@ fn copy_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pre_build_hook_output() {
+        assert_eq!(
+            parse_pre_build_hook("extra-sandbox-paths\n/a=/b\n/c\n\nextra-chroot-dirs\n/d\n"),
+            Ok(vec![
+                ("/a".into(), "/b".into()),
+                ("/c".into(), "/c".into()),
+                ("/d".into(), "/d".into()),
+            ])
+        );
+        assert_eq!(parse_pre_build_hook(""), Ok(vec![]));
+        // An unfinished last line is ignored.
+        assert_eq!(parse_pre_build_hook("extra-sandbox-paths\n/x"), Ok(vec![]));
+        assert_eq!(
+            parse_pre_build_hook("nonsense\n"),
+            Err("unknown pre-build hook command 'nonsense'".into())
+        );
+    }
 
     #[test]
     fn sandbox_path_entries() {

@@ -547,7 +547,7 @@ impl<'a> Builder<'a> {
         })?;
 
         let output_set: BTreeSet<StorePath> = outputs.values().cloned().collect();
-        let chroot = if sandboxed {
+        let mut chroot = if sandboxed {
             Some(Chroot::prepare(&ChrootParams {
                 store: self.store,
                 drv_path: &job.drv_path,
@@ -563,6 +563,12 @@ impl<'a> Builder<'a> {
         } else {
             None
         };
+        if let (Some(c), Some(hook)) = (chroot.as_mut(), &self.settings.pre_build_hook) {
+            match run_pre_build_hook(hook, &drv_s, c.root()) {
+                Ok(paths) => c.add_binds(&paths),
+                Err(m) => return reject(Error::Setup(m)),
+            }
+        }
 
         let platform = &job.drv.platform;
         let machine_x86_64 = cfg!(target_arch = "x86_64");
@@ -1065,6 +1071,40 @@ struct HandleParts {
     chroot: Option<ChrootLoc>,
     allowed: BTreeSet<StorePath>,
     bind_files: bool,
+}
+
+/// Runs `pre-build-hook` as `<hook> <drv path> <chroot root>` and parses what it prints.
+fn run_pre_build_hook(
+    hook: &Path,
+    drv: &str,
+    root: &Path,
+) -> std::result::Result<Vec<(String, String)>, String> {
+    use std::io::Read;
+    let mut child = Command::new(hook)
+        .arg(drv)
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("executing '{}': {e}", hook.display()))?;
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = (&mut stdout).take(1 << 20).read_to_string(&mut out);
+        // Keep the hook from blocking on a full pipe; what is beyond the limit is dropped.
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for '{}': {e}", hook.display()))?;
+    if !status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        return Err(format!(
+            "program '{}' {}",
+            hook.display(),
+            status_to_string(status.into_raw())
+        ));
+    }
+    crate::chroot::parse_pre_build_hook(&out)
 }
 
 /// `/proc/sys/user/max_user_namespaces` exists and is not 0.

@@ -23,6 +23,7 @@
 //! | `extra_platforms` | `extra-platforms` | empty |
 //! | `system_features` | `system-features` | `benchmark big-parallel nixos-test` (+`kvm` when `/dev/kvm` exists) |
 //! | `impersonate_linux_26` | `impersonate-linux-26` | false |
+//! | `pre_build_hook` | `pre-build-hook` | none |
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -88,6 +89,9 @@ pub struct BuildSettings {
     pub extra_platforms: BTreeSet<String>,
     pub system_features: BTreeSet<String>,
     pub impersonate_linux_26: bool,
+    /// `pre-build-hook`: run as `<hook> <drv path> <chroot root>` before sandboxed builds;
+    /// its stdout may add sandbox paths (see [`crate::chroot::parse_pre_build_hook`]).
+    pub pre_build_hook: Option<std::path::PathBuf>,
     /// The program that runs [`crate::helper_main`].
     pub helper: HelperCommand,
 }
@@ -123,6 +127,7 @@ impl BuildSettings {
             extra_platforms: BTreeSet::new(),
             system_features,
             impersonate_linux_26: false,
+            pre_build_hook: None,
             helper,
         }
     }

@@ -655,3 +655,37 @@ fn only_missing_outputs_are_rebuilt() {
         fourth.error_msg
     );
 }
+
+#[test]
+fn pre_build_hook_adds_sandbox_paths() {
+    require_env!();
+    let fx = Fx::new(1);
+    let root = fx.ts.root().to_string_lossy().into_owned();
+    fx.ts.write("hookdir/x", "from the hook\n");
+    let hook = fx.ts.write(
+        "hook.sh",
+        format!(
+            "#!/bin/sh\necho \"$1 $2\" > {root}/hook-args\necho extra-sandbox-paths\necho /hooked={root}/hookdir\necho\n"
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (drv_path, drv) = fx.instantiate(
+        "hooked.nix",
+        &Expr::new("hooked", "cat /hooked/x > $out").to_nix(),
+    );
+    let mut settings = common::settings();
+    settings.pre_build_hook = Some(hook);
+    let out = fx.build_with(&drv_path, &drv, &settings, &mut Collect::default());
+    assert_eq!(out.status, BuildStatus::Built, "{:?}", out.error_msg);
+    assert_eq!(fx.read_output(&out, "out"), "from the hook\n");
+    let args = std::fs::read_to_string(fx.ts.root().join("hook-args")).unwrap();
+    let chroot_root = fx
+        .store
+        .real_store_dir()
+        .join(format!("{drv_path}.chroot/root"));
+    assert_eq!(
+        args,
+        format!("{} {}\n", fx.print(&drv_path), chroot_root.display())
+    );
+}
