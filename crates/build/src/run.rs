@@ -1053,7 +1053,9 @@ impl<'a> Builder<'a> {
             .wait()
             .map_err(|e| Error::io("waiting for the build helper", e))?;
         looped?;
-        if result.status.is_none() && result.setup_failed.is_none() {
+        // A helper that died before starting the builder is a setup failure; after, the
+        // build's status is unknown (MiscFailure, decided by the caller).
+        if result.status.is_none() && result.setup_failed.is_none() && started_at.is_none() {
             result.setup_failed =
                 Some((format!("the build helper failed ({helper_status})"), false));
         }

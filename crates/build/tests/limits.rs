@@ -245,3 +245,45 @@ fn cancelling_kills_the_build() {
     assert_eq!(out.error_msg.as_deref(), Some("interrupted by the user"));
     assert!(processes_of_uid(lease.uid).is_empty());
 }
+
+#[test]
+fn a_dying_helper_takes_the_build_with_it() {
+    require_env!();
+    let fx = Fx::new(1);
+    let (drv_path, drv) = fx.instantiate("orphan.nix", &Expr::new("orphan", ESCAPER).to_nix());
+    let lease = fx.lease();
+    let mut ev = Collect {
+        on_started: Some(Box::new(|s| {
+            // The builder's parent is the helper: kill it hard, as a crash would.
+            let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid)).unwrap();
+            let ppid: i32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(ppid).unwrap(),
+                rustix::process::Signal::KILL,
+            )
+            .unwrap();
+        })),
+        ..Collect::default()
+    };
+    let out = fx.build_as(&drv_path, &drv, &common::settings(), Some(&lease), &mut ev);
+    assert_eq!(out.status, BuildStatus::MiscFailure, "{:?}", out.error_msg);
+    // The builder had asked to die with its helper; its pid namespace went with it.
+    for _ in 0..50 {
+        if processes_of_uid(lease.uid).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        processes_of_uid(lease.uid).is_empty(),
+        "{:?}",
+        processes_of_uid(lease.uid)
+    );
+}
