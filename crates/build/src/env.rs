@@ -20,7 +20,7 @@
 //! | `NIX_REMOTE` | recursive Nix: `unix://<build dir>/.nix-socket` |
 //!
 //! Finally every `name=value` string and every argument has the *input rewrites* applied:
-//! each output placeholder (`/` + nix32(sha256("nix-output:<name>"))) becomes the output
+//! each output placeholder (`/` + nix32(sha256(`"nix-output:<name>"`))) becomes the output
 //! path. `argv[0]` is the builder's base name.
 //!
 //! Files (all created by the caller in the host build dir, owned by the build user):

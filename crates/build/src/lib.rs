@@ -6,7 +6,7 @@
 //! | [`run`] | [`Builder::build`]: one derivation from checks to registered outputs |
 //! | [`settings`] | [`BuildSettings`]: the `nix.conf` options of local builds |
 //! | [`users`] | the build-users pool ([`UserPool`], [`UserLease`], [`kill_user`]) |
-//! | [`env`] | the builder's environment, `passAsFile`, structured attrs, `exportReferencesGraph` |
+//! | [`env`](mod@env) | the builder's environment, `passAsFile`, structured attrs, `exportReferencesGraph` |
 //! | [`builddir`] | the temporary build directory (post-CVE layout, descriptor-relative) |
 //! | [`chroot`] | the sandbox root on the host, and its bind mounts |
 //! | [`etc`] | the sandbox's `/etc` files, byte for byte |
@@ -22,6 +22,22 @@
 //! [`helper_main`] — which creates the namespaces, sets up the chroot, `execve`s the
 //! builder, stays alive as its supervisor (exit status, kill requests, making new store
 //! paths visible for recursive Nix) and reports back over a control socket.
+//!
+//! Using it from a daemon:
+//!
+//! 1. In `main`, before any runtime or thread starts, dispatch a hidden subcommand to
+//!    [`helper_main`]; put `HelperCommand::new(<own exe>).arg(<subcommand>)` into
+//!    [`BuildSettings::helper`].
+//! 2. Per build: if [`UserPool::applies`] (root and a `build-users-group`), take a
+//!    [`UserLease`] with [`UserPool::try_acquire`] (`None` = "waiting for UID", retry later)
+//!    and keep it until `build` returns.
+//! 3. [`Builder::build`] with a [`BuildJob`] (drv path, parsed derivation, input closure,
+//!    lease, `recursive_nix`, temp-roots session, cancel flag) and a [`BuildEvents`] sink:
+//!    `prepare` (create `/build/.nix-socket` for recursive Nix), `started` (a
+//!    [`SandboxHandle`] to make paths visible), `log_chunk`/`log_line`/`structured_log`,
+//!    `builder_exited` (stop the recursive-Nix server), `note`.
+//! 4. The [`BuildOutcome`] carries CppNix's status ([`BuildStatus`]), message and the
+//!    registered outputs. `build` takes the output locks itself.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 

@@ -43,7 +43,7 @@ impl BuildStatus {
 }
 
 /// CppNix's `statusToString` for a `waitpid` status: "succeeded", "failed with exit code
-/// N", "failed due to signal N (<strsignal>)", or "died abnormally".
+/// N", "failed due to signal N (`<strsignal>`)", or "died abnormally".
 pub fn status_to_string(status: i32) -> String {
     if libc::WIFEXITED(status) {
         match libc::WEXITSTATUS(status) {
