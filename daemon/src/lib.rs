@@ -9,7 +9,10 @@
 //! * [`listener`] — binding / socket activation, connection cap, backoff, shutdown;
 //! * [`control`] — the session/build [`control::Registry`] and the root-only control socket;
 //! * [`cli`] — command-line flags (`nix-daemon` compatible);
+//! * [`session`] — the worker-protocol session ([`session::Worker`] is the handler):
+//!   handshake, the request loop, per-session state;
 //! * [`work`] — the work phase: stderr output and the blocking-store-call helper;
+//! * [`ops`] — one handler per operation, grouped by module;
 //! * [`policy`] — every trust-dependent rule; [`view`] — what a session may see (the
 //!   seam for recursive Nix); [`error`] — how operations fail.
 
@@ -22,7 +25,9 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod listener;
+pub mod ops;
 pub mod policy;
+pub mod session;
 pub mod view;
 pub mod work;
 
