@@ -177,6 +177,9 @@ where
         roots,
     };
     session.serve_requests(&mut shutdown, &guard).await;
+    // Dropping the temp roots deletes their file: store work, so not on this thread.
+    let roots = session.roots;
+    let _ = tokio::task::spawn_blocking(move || drop(roots)).await;
 }
 
 /// Reads the next request; `Ok(None)` when the client closed the connection between
