@@ -8,12 +8,14 @@
 //! * [`auth`] — `SO_PEERCRED` → [`auth::PeerInfo`] → the pure [`auth::authorize`];
 //! * [`listener`] — binding / socket activation, connection cap, backoff, shutdown;
 //! * [`control`] — the session/build [`control::Registry`] and the root-only control socket;
-//! * [`cli`] — command-line flags (`nix-daemon` compatible).
+//! * [`cli`] — command-line flags (`nix-daemon` compatible);
+//! * [`builds`] — the build scheduler behind the build operations.
 
 // `unwrap`/`expect` are fine in tests (COMMON.md); the workspace lints forbid them elsewhere.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod control;

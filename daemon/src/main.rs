@@ -40,6 +40,14 @@ impl Handler for PlaceholderHandler {
 }
 
 fn main() -> ExitCode {
+    // `nixnest-daemon __build-helper`: the builder's helper process, started by our own
+    // builds. It must stay single-threaded, so it is dispatched before anything else runs.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == nixnest_daemon::builds::HELPER_SUBCOMMAND)
+    {
+        nixnest_build::helper_main();
+    }
     let cli = Cli::parse();
     init_logging(&cli);
     let result = match &cli.command {
