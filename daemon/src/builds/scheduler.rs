@@ -716,9 +716,10 @@ impl BuildEvents for ThreadEvents<'_> {
     }
 }
 
-/// Paths of builds in flight (a garbage collection should keep their outputs).
 impl Scheduler {
-    pub fn building(&self) -> BTreeSet<StorePath> {
+    /// The derivations of the builds in flight, for a garbage collection to keep (their
+    /// outputs are in the builder's own temp roots, and the requests' in their sessions').
+    pub fn extra_roots(&self) -> BTreeSet<StorePath> {
         lock(&self.inflight).keys().cloned().collect()
     }
 }
