@@ -268,12 +268,23 @@ impl<'a> Exec<'a> {
         let Some(drv) = node.drv.clone() else {
             return self.finish(rep, i, Outcome::Missing).await;
         };
+        let outputs = node.wanted.iter().cloned().collect::<Vec<_>>().join(",");
+        let goal_name = format!(
+            "building of '{}!{outputs}' from {}",
+            self.printed(i),
+            if self.basic {
+                "in-memory derivation"
+            } else {
+                ".drv file"
+            }
+        );
         let spec = JobSpec {
             drv_path: node.drv_path.clone(),
             drv,
             settings: build_settings(&self.req.settings, &self.sched.helper),
             keep_build_log: self.req.settings.keep_build_log,
             session: self.req.session,
+            goal_name,
         };
         match self.sched.attach(spec, &self.inbox, i, !self.basic) {
             Attached::Pending(attachment) => {

@@ -274,6 +274,7 @@ impl Scheduler {
     }
 
     async fn run(&self, entry: &Arc<Inflight>, spec: JobSpec) -> Finished {
+        let t0 = std::time::Instant::now();
         let permit = tokio::select! {
             biased;
             () = entry.cancel.cancelled() => return Finished::cancelled(),
@@ -313,6 +314,11 @@ impl Scheduler {
             },
         };
         entry.set_waiting(None);
+        tracing::debug!(
+            "'{}': slot and build user after {:?}",
+            entry.printed,
+            t0.elapsed()
+        );
 
         let (tx, rx) = oneshot::channel();
         let thread = BuildThread {
@@ -340,6 +346,7 @@ impl Scheduler {
                 )
             }),
         };
+        tracing::debug!("'{}': done after {:?}", entry.printed, t0.elapsed());
         drop(permit);
         // The build user (if any) was released when the thread's job ended.
         self.users_freed.notify_waiters();
@@ -356,6 +363,8 @@ pub(crate) struct JobSpec {
     pub keep_build_log: bool,
     /// The session that asked first (for `status`).
     pub session: Option<u64>,
+    /// How messages name the build (CppNix's goal name).
+    pub goal_name: String,
 }
 
 /// What a request hears about a build it is attached to.
@@ -611,9 +620,23 @@ impl BuildThread {
         let mut job = BuildJob::new(spec.drv_path.clone(), &spec.drv, inputs);
         job.build_user = lease.as_ref();
         job.cancel = Some(&entry.cancel_flag);
+        job.goal_name = Some(spec.goal_name.clone());
+        let t0 = std::time::Instant::now();
         let outcome = Builder::new(&store, &spec.settings).build(&job, &mut events);
         events.close();
         drop(lease);
+        if let Ok(o) = &outcome {
+            tracing::debug!(
+                "built '{}': {:?} in {:?} (prepare {:?}, sandbox {:?}, run {:?}, finish {:?})",
+                entry.printed,
+                o.status,
+                t0.elapsed(),
+                o.timings.prepare,
+                o.timings.sandbox_setup,
+                o.timings.run,
+                o.timings.finish
+            );
+        }
         match outcome {
             Ok(o) => Finished::from_outcome(o),
             Err(e) => Finished::failure(BuildStatus::MiscFailure, e.to_string()),
