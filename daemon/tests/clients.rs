@@ -133,6 +133,20 @@ fn smoke(client: Client) {
     assert!(text(&gc).contains("store paths deleted"), "{}", text(&gc));
     assert!(!std::path::Path::new(&hello).exists());
 
+    // Copying in (QueryValidPaths, then AddMultipleToStore or AddToStoreNar).
+    run(
+        "nix",
+        &[
+            "copy",
+            "--no-check-sigs",
+            "--from",
+            &format!("file://{}", cache.display()),
+            &hello,
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&hello).unwrap(), "hello world\n");
+    assert_eq!(run("nix-store", &["--check-validity", &hello]), "");
+
     // The daemon's identity.
     let ping = nix.command("nix").args(["store", "ping"]).run_output();
     assert!(
