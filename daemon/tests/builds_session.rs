@@ -107,7 +107,11 @@ async fn the_client_sees_cppnix_activities() {
         "acts.nix",
         &[format!(
             "({})",
-            drv_expr("acts", "echo one; echo two; echo x > $out", &[])
+            drv_expr(
+                "acts",
+                r#"echo one; echo '@nix {"action":"setPhase","phase":"buildPhase"}'; echo '@nix {"action":"msg","level":0,"msg":"said in JSON"}'; echo two; echo x > $out"#,
+                &[]
+            )
         )],
     );
     let (mut c, seen) = fx.client().await;
@@ -162,6 +166,16 @@ async fn the_client_sees_cppnix_activities() {
             vec![Field::String(b"one".to_vec())],
             vec![Field::String(b"two".to_vec())]
         ]
+    );
+    // `@nix` lines: a phase on the build's activity, a message as a log line.
+    assert!(msgs.iter().any(|m| matches!(
+        m,
+        StderrMessage::Result { result_type: ResultType::SetPhase, fields, .. }
+            if fields == &[Field::String(b"buildPhase".to_vec())]
+    )));
+    assert!(
+        msgs.contains(&StderrMessage::Next(b"said in JSON\n".to_vec())),
+        "{msgs:?}"
     );
     let stops = msgs
         .iter()

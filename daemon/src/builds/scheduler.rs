@@ -314,6 +314,9 @@ impl Scheduler {
             },
         };
         entry.set_waiting(None);
+        if entry.cancel.is_cancelled() {
+            return Finished::cancelled();
+        }
         tracing::debug!(
             "'{}': slot and build user after {:?}",
             entry.printed,
