@@ -169,7 +169,12 @@ impl Scheduler {
         dedupe: bool,
     ) -> Attached {
         let mut map = lock(&self.inflight);
-        if dedupe && let Some(entry) = map.get(&spec.drv_path) {
+        // A cancelled build is being killed: a new request gets a new build (which waits
+        // for the old one's output locks).
+        if dedupe
+            && let Some(entry) = map.get(&spec.drv_path)
+            && !entry.cancel.is_cancelled()
+        {
             let mut sh = lock(&entry.shared);
             if let Some(f) = &sh.finished {
                 return Attached::Finished(Arc::clone(f));
@@ -228,15 +233,19 @@ impl Scheduler {
                 sh.subscribers.swap_remove(pos);
             }
             sh.waiters = sh.waiters.saturating_sub(1);
-            sh.waiters == 0 && sh.finished.is_none()
+            // Decided under the lock `attach` takes too, so nobody joins a doomed build.
+            let cancel = sh.waiters == 0 && sh.finished.is_none();
+            if cancel {
+                entry.cancel_flag.store(true, Ordering::SeqCst);
+                entry.cancel.cancel();
+            }
+            cancel
         };
         if cancel {
             tracing::info!(
                 "nobody waits for '{}' any more: cancelling its build",
                 entry.printed
             );
-            entry.cancel_flag.store(true, Ordering::SeqCst);
-            entry.cancel.cancel();
             self.forget(entry);
         }
     }
