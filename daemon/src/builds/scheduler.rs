@@ -26,7 +26,7 @@
 //!   wait until one of our builds ends (or `build-poll-interval` passes, for users taken
 //!   by another daemon on the same store), showing CppNix's
 //!   "waiting for UID to build '…'" activity meanwhile.
-//! * **Cancellation.** An [`Attachment`] is a request's interest in a build. When the last
+//! * **Cancellation.** An `Attachment` is a request's interest in a build. When the last
 //!   one is dropped (the client went away, or its request stopped after a failure without
 //!   `keep-going`) before the build finished, the build is cancelled: if it is still
 //!   waiting it never starts; if it runs, the builder kills it (MiscFailure "interrupted by
@@ -34,7 +34,11 @@
 //!   still waits for goes on.
 //! * Each running build is listed in the [`Registry`] (`nixnest-daemon status`) with its
 //!   build user's uid, so a connection from that uid can be mapped to its build.
-//! * Log lines reach a request through its [`Inbox`]: control events (started, finished)
+//! * The build log (`keep-build-log`) is written by the build thread, raw, to
+//!   `<log dir>/drvs/<2>/<rest>.bz2` (replacing an older log of the derivation, failed
+//!   builds included), where `nix log` and `nix-store -l` read it. It is always
+//!   bzip2-compressed: `compress-build-log = false` is not honoured (readers take both).
+//! * Log lines reach a request through its `Inbox`: control events (started, finished)
 //!   are never dropped; log lines beyond [`INBOX_LINE_BYTES`] queued for a client that
 //!   reads too slowly are dropped for that client only (and counted), so one stalled
 //!   client never stalls a build others wait for. The log file gets everything.
