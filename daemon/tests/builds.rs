@@ -567,4 +567,23 @@ async fn query_missing_equals_nix_daemon_2_8() {
         let ours = fx.sched.query_missing(targets.clone()).await.unwrap();
         assert_eq!(ours, theirs, "QueryMissing {targets:?}");
     }
+
+    // What needs no build is answered alike too: statuses, texts, DrvOutput ids,
+    // realisations, and the order of the results.
+    let targets = vec![
+        p(format!("{}!out", pr(a))),
+        p(format!("{}!*", pr(a))),
+        p(pr(&fx.out_path(a))),
+        p(format!("{}/00000000000000000000000000000000-gone", sd)),
+    ];
+    let theirs = client
+        .build_paths_with_results(&targets, BuildMode::Normal)
+        .await
+        .unwrap();
+    let mut req = fx.request(&[], |_| {});
+    req.targets = targets;
+    let sched = Arc::clone(&fx.sched);
+    let (ours, _) =
+        collect(|tx| async move { sched.build_paths_with_results(&req, &tx).await }).await;
+    assert_eq!(ours.unwrap(), theirs);
 }
