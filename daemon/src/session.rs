@@ -37,11 +37,11 @@ use nixnest_protocol::stderr::NixError;
 use nixnest_protocol::{Error as ProtoError, FeatureSet, ProtocolVersion, WireReader, WireWriter};
 use nixnest_store::{LocalStore, TempRoots};
 
+use crate::builds::Scheduler;
 use crate::config::Settings;
 use crate::control::SessionGuard;
 use crate::error::{OpError, OpResult, protocol_message};
 use crate::listener::{Connection, Handler, Shutdown};
-use crate::ops::builds::{BuildBackend, NoBuilder};
 use crate::ops::{self, Outcome};
 use crate::policy::Policy;
 use crate::view::StoreView;
@@ -50,8 +50,8 @@ use crate::work::{self, Job, JobContext, Output, Phase, SharedSink};
 /// What every session of the daemon shares.
 pub struct Shared {
     pub store: Arc<LocalStore>,
-    /// Builds derivations; [`NoBuilder`] until the sandboxed builder is wired in.
-    pub builder: Arc<dyn BuildBackend>,
+    /// Builds derivations (daemon-wide: slots, build users, builds in flight).
+    pub scheduler: Arc<Scheduler>,
 }
 
 /// The worker-protocol [`Handler`]: serves each connection as a [`Session`].
@@ -61,14 +61,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker over `store` that cannot build yet.
-    pub fn new(store: Arc<LocalStore>) -> Self {
-        Self::with_builder(store, Arc::new(NoBuilder))
-    }
-
-    pub fn with_builder(store: Arc<LocalStore>, builder: Arc<dyn BuildBackend>) -> Self {
+    /// A worker over `store` whose builds go to `scheduler`.
+    pub fn new(store: Arc<LocalStore>, scheduler: Arc<Scheduler>) -> Self {
         Worker {
-            shared: Arc::new(Shared { store, builder }),
+            shared: Arc::new(Shared { store, scheduler }),
         }
     }
 }
@@ -96,6 +92,8 @@ pub struct Session<S> {
     /// This session's settings.
     pub(crate) settings: Arc<Settings>,
     pub(crate) roots: Arc<TempRoots>,
+    /// The listener's connection id (the builds it starts are listed with it).
+    pub(crate) id: u64,
 }
 
 /// Serves one connection until the client hangs up, the session fails, or the daemon
@@ -105,7 +103,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Connection {
-        id: _,
+        id,
         stream,
         peer,
         access,
@@ -175,6 +173,7 @@ where
         daemon_settings: Arc::clone(&settings),
         settings,
         roots,
+        id,
     };
     session.serve_requests(&mut shutdown, &guard).await;
     // Dropping the temp roots deletes their file: store work, so not on this thread.
