@@ -1,0 +1,169 @@
+//! Normalisations of client output, each removing one difference that is legitimate between
+//! two correct daemons (or two runs of the same daemon). Every variant says why; none is
+//! applied unless a step asks for it.
+
+use nixnest_core::Hash;
+
+/// One normalisation of a step's stdout and stderr.
+#[derive(Clone, Debug)]
+pub enum Norm {
+    /// Sorts the lines. For outputs whose order Nix does not define: it depends on the order
+    /// of a `readdir`, of SQLite rows without `ORDER BY`, or of a hash set (e.g. the paths
+    /// `--gc` deletes, the roots `--print-roots` finds). Never used where Nix sorts itself.
+    SortLines,
+    /// Replaces a positive `"registrationTime": N` (JSON) or `registrationTime N` value with
+    /// `<time>`: the moment a path was registered differs between any two runs. A zero or
+    /// missing time is left alone, so a daemon that forgets it still differs.
+    RegistrationTime,
+    /// Replaces the value of a `Version: X` line (`nix store ping`/`info`) with `<version>`,
+    /// and any `(Nix) X` version suffix: each daemon reports its own version string (nixnest
+    /// reports `2.x.y+nixnest.z`), which is no behaviour of the protocol. The line itself
+    /// must still be there.
+    DaemonVersion,
+    /// Replaces process ids in `{temp:N}` and `/proc/N/` with `PID`: pids differ between runs.
+    Pids,
+    /// Replaces stdout with its SHA-256 and length (for binary output such as NARs and
+    /// exports, compared exactly but printed short).
+    Digest,
+    /// Removes lines containing this text. Only for lines that are about the machine, not
+    /// the store (documented at each use).
+    DropLines(&'static str),
+    /// Replaces every occurrence of the first text with the second (documented at each use).
+    Replace(String, String),
+}
+
+impl Norm {
+    /// Normalises text (stderr, and stdout unless it is [`Norm::Digest`]).
+    pub fn apply(&self, text: &str) -> String {
+        match self {
+            Norm::SortLines => {
+                let mut lines: Vec<&str> = text.lines().collect();
+                lines.sort_unstable();
+                let mut out = lines.join("\n");
+                if text.ends_with('\n') {
+                    out.push('\n');
+                }
+                out
+            }
+            Norm::RegistrationTime => {
+                let once = replace_number_after(text, "\"registrationTime\":");
+                replace_number_after(&once, "registrationTime ")
+            }
+            Norm::DaemonVersion => text
+                .split_inclusive('\n')
+                .map(|line| {
+                    let body = line.trim_end_matches('\n');
+                    let nl = &line[body.len()..];
+                    match body.split_once("Version: ") {
+                        Some((head, v)) if !v.trim().is_empty() => {
+                            format!("{head}Version: <version>{nl}")
+                        }
+                        _ => line.to_owned(),
+                    }
+                })
+                .collect(),
+            Norm::Pids => {
+                let once = replace_digits_between(text, "{temp:", "}");
+                replace_digits_between(&once, "/proc/", "/")
+            }
+            Norm::Digest => text.to_owned(),
+            Norm::DropLines(needle) => text
+                .split_inclusive('\n')
+                .filter(|l| !l.contains(needle))
+                .collect(),
+            Norm::Replace(from, to) => text.replace(from.as_str(), to),
+        }
+    }
+
+    /// Normalises stdout bytes.
+    pub fn apply_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        match self {
+            Norm::Digest => format!(
+                "sha256:{} ({} bytes)\n",
+                Hash::sha256(bytes).to_base16(),
+                bytes.len()
+            )
+            .into_bytes(),
+            _ => self.apply(&String::from_utf8_lossy(bytes)).into_bytes(),
+        }
+    }
+}
+
+/// Replaces the positive decimal number (after optional spaces) following each `marker`
+/// with `<time>`.
+fn replace_number_after(text: &str, marker: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(marker) {
+        let (head, tail) = rest.split_at(at + marker.len());
+        out.push_str(head);
+        let spaces = tail.len() - tail.trim_start_matches(' ').len();
+        let after = &tail[spaces..];
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let number = &after[..digits];
+        out.push_str(&tail[..spaces]);
+        if digits > 0 && number.trim_start_matches('0').is_empty() {
+            out.push_str(number);
+        } else if digits > 0 {
+            out.push_str("<time>");
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Replaces a run of digits directly between `open` and `close` with `PID`.
+fn replace_digits_between(text: &str, open: &str, close: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(open) {
+        let (head, tail) = rest.split_at(at + open.len());
+        out.push_str(head);
+        let digits = tail.len() - tail.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 && tail[digits..].starts_with(close) {
+            out.push_str("PID");
+            rest = &tail[digits..];
+        } else {
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_time_keeps_zero() {
+        let n = Norm::RegistrationTime;
+        assert_eq!(
+            n.apply(r#"[{"registrationTime":1700000000,"x":1},{"registrationTime": 0}]"#),
+            r#"[{"registrationTime":<time>,"x":1},{"registrationTime": 0}]"#
+        );
+    }
+
+    #[test]
+    fn pids() {
+        assert_eq!(
+            Norm::Pids.apply("{temp:123} -> x\n/proc/42/fd/3 -> y\n/proc/self/x"),
+            "{temp:PID} -> x\n/proc/PID/fd/3 -> y\n/proc/self/x"
+        );
+    }
+
+    #[test]
+    fn daemon_version() {
+        assert_eq!(
+            Norm::DaemonVersion.apply("Store URL: x\nVersion: 2.8.0\nTrusted: 1\n"),
+            "Store URL: x\nVersion: <version>\nTrusted: 1\n"
+        );
+        assert_eq!(Norm::DaemonVersion.apply("Version: \n"), "Version: \n");
+    }
+
+    #[test]
+    fn sort_lines() {
+        assert_eq!(Norm::SortLines.apply("b\na\n"), "a\nb\n");
+    }
+}
