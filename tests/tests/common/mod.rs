@@ -43,6 +43,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fixture;
 pub mod norm;
 pub mod snapshot;
 
@@ -234,6 +235,18 @@ impl<'r> Side<'r> {
         self.store.client(client).daemon(self.daemon())
     }
 
+    /// `program args…` of the client under test, through the daemon, as root, in the root
+    /// directory of the store (so relative paths such as `in/file` work for every client).
+    pub fn cmd<I, S>(&self, program: &str, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = self.nix().command(program);
+        cmd.current_dir(self.store.root()).args(args);
+        cmd
+    }
+
     /// The client under test, through the daemon, as `user`.
     pub fn nix_as(&self, user: &TestUser) -> Nix<'_> {
         self.nix().user(user)
@@ -331,6 +344,12 @@ impl Step<'_, '_> {
     /// Normalises stdout and stderr with `norm` (in the order given) before comparing.
     pub fn norm(mut self, norm: Norm) -> Self {
         self.norms.push(norm);
+        self
+    }
+
+    /// Normalises with each of `norms`, in order.
+    pub fn norms(mut self, norms: impl IntoIterator<Item = Norm>) -> Self {
+        self.norms.extend(norms);
         self
     }
 

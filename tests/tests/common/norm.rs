@@ -11,6 +11,11 @@ pub enum Norm {
     /// of a `readdir`, of SQLite rows without `ORDER BY`, or of a hash set (e.g. the paths
     /// `--gc` deletes, the roots `--print-roots` finds). Never used where Nix sorts itself.
     SortLines,
+    /// Sorts each run of consecutive lines that start with the prefix, leaving every other
+    /// line where it is: for progress lines about a set Nix walks in no defined order
+    /// (`deleting '…'` during garbage collection), while the phases around them keep
+    /// their order.
+    SortRuns(&'static str),
     /// Replaces a positive `"registrationTime": N` (JSON) or `registrationTime N` value with
     /// `<time>`: the moment a path was registered differs between any two runs. A zero or
     /// missing time is left alone, so a daemon that forgets it still differs.
@@ -44,6 +49,29 @@ impl Norm {
                     out.push('\n');
                 }
                 out
+            }
+            Norm::SortRuns(prefix) => {
+                let mut out: Vec<&str> = Vec::new();
+                let mut run: Vec<&str> = Vec::new();
+                for line in text.split_inclusive('\n') {
+                    if line.starts_with(prefix) {
+                        run.push(line);
+                        continue;
+                    }
+                    run.sort_unstable_by_key(|l| l.trim_end_matches('\n'));
+                    out.append(&mut run);
+                    out.push(line);
+                }
+                run.sort_unstable_by_key(|l| l.trim_end_matches('\n'));
+                out.append(&mut run);
+                let mut joined = String::new();
+                for (i, line) in out.iter().enumerate() {
+                    joined.push_str(line.trim_end_matches('\n'));
+                    if i + 1 < out.len() || text.ends_with('\n') {
+                        joined.push('\n');
+                    }
+                }
+                joined
             }
             Norm::RegistrationTime => {
                 let once = replace_number_after(text, "\"registrationTime\":");
@@ -87,6 +115,22 @@ impl Norm {
             _ => self.apply(&String::from_utf8_lossy(bytes)).into_bytes(),
         }
     }
+}
+
+/// What the garbage collector prints that legitimately differs between daemons:
+///
+/// * `deleting '…'` and `removing stale link from …` come in the order of a directory
+///   listing or hash set ([`Norm::SortRuns`]);
+/// * `removing stale temporary roots file "<stateDir>/temproots/<pid>"` (Nix ≥ 2.26) is
+///   about the per-connection *worker processes* of CppNix, whose temp-roots files are named
+///   by their pids and left behind when they exit; a daemon without per-connection processes
+///   has no such files ([`Norm::DropLines`]).
+pub fn gc() -> Vec<Norm> {
+    vec![
+        Norm::DropLines("removing stale temporary roots file"),
+        Norm::SortRuns("deleting '"),
+        Norm::SortRuns("removing stale link from"),
+    ]
 }
 
 /// Replaces the positive decimal number (after optional spaces) following each `marker`
@@ -160,6 +204,17 @@ mod tests {
             "Store URL: x\nVersion: <version>\nTrusted: 1\n"
         );
         assert_eq!(Norm::DaemonVersion.apply("Version: \n"), "Version: \n");
+    }
+
+    #[test]
+    fn sort_runs() {
+        let n = Norm::SortRuns("deleting '");
+        assert_eq!(
+            n.apply(
+                "finding\ndeleting 'b'\ndeleting 'a'\ndeleting garbage\ndeleting 'd'\ndeleting 'c'"
+            ),
+            "finding\ndeleting 'a'\ndeleting 'b'\ndeleting garbage\ndeleting 'c'\ndeleting 'd'"
+        );
     }
 
     #[test]

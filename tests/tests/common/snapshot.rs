@@ -23,7 +23,9 @@ pub fn store_state(store: &TestStore) -> String {
     out.push_str("== database\n");
     out.push_str(&db_rows(store));
     out.push_str("== store dir\n");
-    out.push_str(&tree(&store.store_dir(), &|name| name.ends_with(".lock")));
+    out.push_str(&tree(&store.store_dir(), true, &|name| {
+        name.ends_with(".lock")
+    }));
     out
 }
 
@@ -50,18 +52,25 @@ select 'drvout', d.path, o.id, o.path from DerivationOutputs o \
 }
 
 /// Every entry under `dir` (not following symlinks), sorted by path: type, permission bits,
-/// owner, link count, size, mtime and symlink target. Entries whose name matches `skip` are
-/// left out.
-pub fn tree(dir: &Path, skip: &dyn Fn(&str) -> bool) -> String {
+/// owner, link count, size, symlink target, and with `mtimes` the modification time (for store
+/// contents, where it is canonical; elsewhere it is the time of the run). Entries whose name
+/// matches `skip` are left out.
+pub fn tree(dir: &Path, mtimes: bool, skip: &dyn Fn(&str) -> bool) -> String {
     let mut lines = Vec::new();
-    walk(dir, dir, skip, &mut lines);
+    walk(dir, dir, mtimes, skip, &mut lines);
     lines.sort();
     let mut out = lines.join("\n");
     out.push('\n');
     out
 }
 
-fn walk(root: &Path, dir: &Path, skip: &dyn Fn(&str) -> bool, lines: &mut Vec<String>) {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    mtimes: bool,
+    skip: &dyn Fn(&str) -> bool,
+    lines: &mut Vec<String>,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         lines.push(format!("{}: unreadable", dir.display()));
         return;
@@ -78,7 +87,7 @@ fn walk(root: &Path, dir: &Path, skip: &dyn Fn(&str) -> bool, lines: &mut Vec<St
             .display()
             .to_string();
         if rel == ".links" {
-            walk(root, &path, skip, lines);
+            walk(root, &path, mtimes, skip, lines);
             continue;
         }
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -108,15 +117,19 @@ fn walk(root: &Path, dir: &Path, skip: &dyn Fn(&str) -> bool, lines: &mut Vec<St
             String::new()
         };
         lines.push(format!(
-            "{rel} {kind} {:o} {}:{} nlink={} mtime={}{size}{target}",
+            "{rel} {kind} {:o} {}:{} nlink={}{}{size}{target}",
             meta.mode() & 0o7777,
             meta.uid(),
             meta.gid(),
             if ft.is_dir() { 0 } else { meta.nlink() },
-            meta.mtime(),
+            if mtimes {
+                format!(" mtime={}", meta.mtime())
+            } else {
+                String::new()
+            },
         ));
         if ft.is_dir() {
-            walk(root, &path, skip, lines);
+            walk(root, &path, mtimes, skip, lines);
         }
     }
 }
