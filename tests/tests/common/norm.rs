@@ -20,10 +20,10 @@ pub enum Norm {
     /// `<time>`: the moment a path was registered differs between any two runs. A zero or
     /// missing time is left alone, so a daemon that forgets it still differs.
     RegistrationTime,
-    /// Replaces the value of a `Version: X` line (`nix store ping`/`info`) with `<version>`,
-    /// and any `(Nix) X` version suffix: each daemon reports its own version string (nixnest
-    /// reports `2.x.y+nixnest.z`), which is no behaviour of the protocol. The line itself
-    /// must still be there.
+    /// Replaces the value of a `Version: X` line and of a JSON `"version":"X"` (`nix store
+    /// ping`/`info`) with `<version>`: each daemon reports its own version string (nixnest
+    /// reports `2.x.y+nixnest.z`), which is no behaviour of the protocol. The line or key
+    /// itself must still be there, with a non-empty value.
     DaemonVersion,
     /// Replaces process ids in `{temp:N}` and `/proc/N/` with `PID`: pids differ between runs.
     Pids,
@@ -89,7 +89,16 @@ impl Norm {
                         _ => line.to_owned(),
                     }
                 })
-                .collect(),
+                .collect::<String>()
+                .split("\"version\":\"")
+                .enumerate()
+                .map(|(i, part)| match (i, part.split_once('"')) {
+                    (0, _) => part.to_owned(),
+                    (_, Some((v, rest))) if !v.is_empty() => format!("<version>\"{rest}"),
+                    _ => part.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\"version\":\""),
             Norm::Pids => {
                 let once = replace_digits_between(text, "{temp:", "}");
                 replace_digits_between(&once, "/proc/", "/")
@@ -131,6 +140,12 @@ pub fn gc() -> Vec<Norm> {
         Norm::SortRuns("deleting '"),
         Norm::SortRuns("removing stale link from"),
     ]
+}
+
+/// `nix copy` copies paths in parallel threads, so its `copying path '…'` lines come in the
+/// order the client's threads ran ([`Norm::SortRuns`]).
+pub fn copy() -> Vec<Norm> {
+    vec![Norm::SortRuns("copying path '")]
 }
 
 /// Replaces the positive decimal number (after optional spaces) following each `marker`
@@ -204,6 +219,14 @@ mod tests {
             "Store URL: x\nVersion: <version>\nTrusted: 1\n"
         );
         assert_eq!(Norm::DaemonVersion.apply("Version: \n"), "Version: \n");
+        assert_eq!(
+            Norm::DaemonVersion.apply(r#"{"trusted":1,"url":"u","version":"2.34.8"}"#),
+            r#"{"trusted":1,"url":"u","version":"<version>"}"#
+        );
+        assert_eq!(
+            Norm::DaemonVersion.apply(r#"{"version":""}"#),
+            r#"{"version":""}"#
+        );
     }
 
     #[test]
