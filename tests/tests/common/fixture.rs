@@ -54,7 +54,12 @@ pub fn build_closure(side: &Side) -> Closure {
     let app_drv = drvs.next().expect("app.drv").to_owned();
     // `nix-store -r`, not `nix-build --no-out-link`: the latter leaves a GC root named after
     // its pid (`/tmp/nix-build-<pid>-0/result`), which would differ between the sides.
-    let app = side.local("nix-store").args(["-r", &app_drv]).run();
+    // As root without build users, whatever the store's configuration says (a test may set
+    // `build-users-group` to a group of its own).
+    let app = side
+        .local("nix-store")
+        .args(["-r", &app_drv, "--option", "build-users-group", ""])
+        .run();
     let dep = side
         .local("nix-store")
         .args(["-q", "--outputs", &dep_drv])

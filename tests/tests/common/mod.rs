@@ -247,6 +247,21 @@ impl<'r> Side<'r> {
         cmd
     }
 
+    /// Like [`Side::cmd`], as `user` (root if `None`).
+    pub fn cmd_as<I, S>(&self, user: Option<&TestUser>, program: &str, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let nix = match user {
+            Some(user) => self.nix().user(user),
+            None => self.nix(),
+        };
+        let mut cmd = nix.command(program);
+        cmd.current_dir(self.store.root()).args(args);
+        cmd
+    }
+
     /// The client under test, through the daemon, as `user`.
     pub fn nix_as(&self, user: &TestUser) -> Nix<'_> {
         self.nix().user(user)

@@ -25,6 +25,13 @@ pub enum Norm {
     /// reports `2.x.y+nixnest.z`), which is no behaviour of the protocol. The line or key
     /// itself must still be there, with a non-empty value.
     DaemonVersion,
+    /// Replaces the system error of a connection the daemon closed without a protocol byte
+    /// (`reading from file: Connection reset by peer`, `writing to file: Broken pipe`, and
+    /// 2.34's `read of N bytes: …` / `write of N bytes: …`) with `<connection reset>`:
+    /// whether the client's first write or its first read notices the close is a race, even
+    /// between two runs of the same daemon. A clean end-of-file (the daemon read the client's
+    /// greeting first) is not normalised.
+    RefusedConnection,
     /// Replaces process ids in `{temp:N}` and `/proc/N/` with `PID`: pids differ between runs.
     Pids,
     /// Replaces stdout with its SHA-256 and length (for binary output such as NARs and
@@ -99,6 +106,33 @@ impl Norm {
                 })
                 .collect::<Vec<_>>()
                 .join("\"version\":\""),
+            Norm::RefusedConnection => text
+                .split_inclusive('\n')
+                .map(|line| {
+                    let Some((head, tail)) = line.rsplit_once("': error: ") else {
+                        return line.to_owned();
+                    };
+                    let body = tail.trim_end_matches('\n');
+                    let nl = &tail[body.len()..];
+                    let io = |prefix: &str, suffix: &str| {
+                        body.strip_prefix(prefix).is_some_and(|rest| {
+                            rest.strip_suffix(suffix)
+                                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+                        })
+                    };
+                    let reset = matches!(
+                        body,
+                        "reading from file: Connection reset by peer"
+                            | "writing to file: Broken pipe"
+                    ) || io("read of ", " bytes: Connection reset by peer")
+                        || io("write of ", " bytes: Broken pipe");
+                    if head.contains("cannot open connection to remote store") && reset {
+                        format!("{head}': error: <connection reset>{nl}")
+                    } else {
+                        line.to_owned()
+                    }
+                })
+                .collect(),
             Norm::Pids => {
                 let once = replace_digits_between(text, "{temp:", "}");
                 replace_digits_between(&once, "/proc/", "/")
@@ -238,6 +272,25 @@ mod tests {
             ),
             "finding\ndeleting 'a'\ndeleting 'b'\ndeleting garbage\ndeleting 'c'\ndeleting 'd'"
         );
+    }
+
+    #[test]
+    fn refused_connection() {
+        let n = Norm::RefusedConnection;
+        let head = "error: cannot open connection to remote store 'unix:///s': error: ";
+        for tail in [
+            "reading from file: Connection reset by peer",
+            "writing to file: Broken pipe",
+            "read of 32768 bytes: Connection reset by peer",
+            "write of 16 bytes: Broken pipe",
+        ] {
+            assert_eq!(
+                n.apply(&format!("x\n{head}{tail}\n")),
+                format!("x\n{head}<connection reset>\n")
+            );
+        }
+        let eof = format!("{head}unexpected end-of-file\n");
+        assert_eq!(n.apply(&eof), eof);
     }
 
     #[test]
