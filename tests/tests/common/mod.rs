@@ -21,6 +21,7 @@
 //! | `NIXNEST_E2E_CANDIDATE` | `nixnest`, `reference` (the reference daemon again: proves the harness), `nix-host`, `nix-trixie`, `nix-sid` | `nixnest` |
 //! | `NIXNEST_E2E_CLIENTS` | comma-separated `host`, `trixie`, `sid` | all three |
 //! | `NIXNEST_E2E_STEP_TIMEOUT` | seconds one client command may take | 60 |
+//! | `NIXNEST_E2E_ISOLATE` | `0`: daemons share the test's PID namespace | `1`: each daemon is init of its own (clients appear as pid 0) |
 //! | `NIXNEST_E2E_SHOW` | `1`: print every transcript | off |
 //!
 //! # A transcript
@@ -105,12 +106,14 @@ impl Server {
         }
     }
 
-    /// How to start it on `store`, on the socket every side uses.
+    /// How to start it on `store`, on the socket every side uses; in a PID namespace of its
+    /// own unless `NIXNEST_E2E_ISOLATE=0`.
     pub fn spec(self, store: &TestStore) -> DaemonSpec {
-        match self {
+        let spec = match self {
             Server::Nix(client) => store.nix_daemon(client).name(DAEMON),
             Server::Nixnest => store.daemon(DAEMON, cargo_bin("nixnest-daemon")),
-        }
+        };
+        spec.isolate_pids(isolate())
     }
 
     pub fn is_nixnest(self) -> bool {
@@ -152,6 +155,13 @@ pub fn clients() -> Vec<Client> {
             ok
         })
         .collect()
+}
+
+/// Whether daemons run in a PID namespace of their own (`NIXNEST_E2E_ISOLATE`, default yes).
+/// Isolated, a daemon sees its clients as pid 0 (as for clients in containers) and finds no
+/// runtime roots of theirs; both sides of a comparison always run the same way.
+pub fn isolate() -> bool {
+    std::env::var("NIXNEST_E2E_ISOLATE").map_or(true, |v| v != "0")
 }
 
 fn step_timeout() -> Duration {

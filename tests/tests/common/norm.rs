@@ -16,8 +16,8 @@ pub enum Norm {
     /// (`deleting '…'` during garbage collection), while the phases around them keep
     /// their order.
     SortRuns(&'static str),
-    /// Replaces a positive `"registrationTime": N` (JSON) or `registrationTime N` value with
-    /// `<time>`: the moment a path was registered differs between any two runs. A zero or
+    /// Replaces a positive `"registrationTime": N` (JSON), `registrationTime N` or
+    /// `registration_time: N` (a `ValidPathInfo` printed by the tests) value with `<time>`: the moment a path was registered differs between any two runs. A zero or
     /// missing time is left alone, so a daemon that forgets it still differs.
     RegistrationTime,
     /// Replaces the value of a `Version: X` line and of a JSON `"version":"X"` (`nix store
@@ -32,6 +32,10 @@ pub enum Norm {
     /// between two runs of the same daemon. A clean end-of-file (the daemon read the client's
     /// greeting first) is not normalised.
     RefusedConnection,
+    /// Removes ANSI SGR escapes (`ESC [ … m`) from error messages read off the wire: CppNix
+    /// colours store paths in its messages, nixnest may send plain text (worker-protocol.md
+    /// §11.7); the CLI clients strip the escapes anyway when not writing to a terminal.
+    StripAnsi,
     /// Replaces process ids in `{temp:N}` and `/proc/N/` with `PID`: pids differ between runs.
     Pids,
     /// Replaces stdout with its SHA-256 and length (for binary output such as NARs and
@@ -82,7 +86,8 @@ impl Norm {
             }
             Norm::RegistrationTime => {
                 let once = replace_number_after(text, "\"registrationTime\":");
-                replace_number_after(&once, "registrationTime ")
+                let twice = replace_number_after(&once, "registrationTime ");
+                replace_number_after(&twice, "registration_time: ")
             }
             Norm::DaemonVersion => text
                 .split_inclusive('\n')
@@ -133,6 +138,26 @@ impl Norm {
                     }
                 })
                 .collect(),
+            Norm::StripAnsi => {
+                let mut out = String::with_capacity(text.len());
+                let mut rest = text;
+                while let Some(at) = rest.find("\u{1b}[") {
+                    out.push_str(&rest[..at]);
+                    let tail = &rest[at + 2..];
+                    let params = tail.len()
+                        - tail
+                            .trim_start_matches(|c: char| c.is_ascii_digit() || c == ';')
+                            .len();
+                    if tail[params..].starts_with('m') {
+                        rest = &tail[params + 1..];
+                    } else {
+                        out.push_str("\u{1b}[");
+                        rest = tail;
+                    }
+                }
+                out.push_str(rest);
+                out
+            }
             Norm::Pids => {
                 let once = replace_digits_between(text, "{temp:", "}");
                 replace_digits_between(&once, "/proc/", "/")
@@ -291,6 +316,14 @@ mod tests {
         }
         let eof = format!("{head}unexpected end-of-file\n");
         assert_eq!(n.apply(&eof), eof);
+    }
+
+    #[test]
+    fn strip_ansi() {
+        assert_eq!(
+            Norm::StripAnsi.apply("path '\u{1b}[35;1m/x\u{1b}[0m' is \u{1b}[Kodd"),
+            "path '/x' is \u{1b}[Kodd"
+        );
     }
 
     #[test]

@@ -44,7 +44,8 @@ select 'ref', r.path, e.path from Refs join ValidPaths r on r.id = Refs.referrer
 select 'drvout', d.path, o.id, o.path from DerivationOutputs o \
        join ValidPaths d on d.id = o.drv order by 2, 3;";
     let rows = Command::new("sqlite3")
-        .args(["-readonly", "-separator", " "])
+        // A daemon may be writing right now: wait for its lock rather than fail.
+        .args(["-readonly", "-cmd", ".timeout 10000", "-separator", " "])
         .arg(&db)
         .arg(query)
         .run();
