@@ -216,6 +216,13 @@ impl<'r> Side<'r> {
         self.daemon = Some(spec.start());
     }
 
+    /// Starts `spec` as the daemon of this side (for daemons started some other way than
+    /// [`Server::spec`], e.g. through socket activation); a running one is stopped first.
+    pub fn start_spec(&mut self, spec: DaemonSpec) {
+        self.stop_daemon();
+        self.daemon = Some(spec.start());
+    }
+
     /// Starts the daemon under comparison with the defaults.
     pub fn start_daemon(&mut self) {
         self.start_daemon_with(|s| s);
