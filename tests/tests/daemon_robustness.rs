@@ -466,3 +466,40 @@ fn misbehaving_clients_do_not_disturb_others() {
         .args(["--verify", "--check-contents"])
         .run();
 }
+
+/// A client in another PID namespace (a container, or `unshare --pid`) is seen by the daemon
+/// as pid 0 (`SO_PEERCRED` cannot name it); the daemon must serve it anyway, as `nix-daemon`
+/// does. The daemon runs in the test's namespace here, whatever `NIXNEST_E2E_ISOLATE` says.
+#[test]
+fn client_in_another_pid_namespace_is_served() {
+    let store = TestStore::new();
+    let server = Server::candidate_for(Client::Host);
+    let daemon = server.spec(&store).isolate_pids(false).start();
+    let file = store.write("in/pidns.txt", "from another pid namespace\n");
+    let inner = store
+        .client(Client::Host)
+        .daemon(&daemon)
+        .command("nix-store");
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--",
+        "nix-store",
+        "--add",
+    ])
+    .arg(&file)
+    .env_clear();
+    for (key, value) in inner.get_envs() {
+        if let Some(value) = value {
+            cmd.env(key, value);
+        }
+    }
+    let path = cmd.run();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap_or_default(),
+        "from another pid namespace\n",
+        "{server}"
+    );
+}
