@@ -91,6 +91,7 @@ fn roots_and_garbage_collection() {
             side.cmd("nix-store", ["-q", "--roots", &closure.app]),
         )
         .norm(Norm::SortLines)
+        .norms(norm::gc())
         .ok()
         .run();
         side.step(
@@ -98,6 +99,7 @@ fn roots_and_garbage_collection() {
             side.cmd("nix-store", ["-q", "--roots", &closure.dep]),
         )
         .norm(Norm::SortLines)
+        .norms(norm::gc())
         .ok()
         .run();
         side.step(
