@@ -4,7 +4,9 @@
 //! The export is made by the client from the store the daemon serves (clients read NARs from
 //! disk, worker-protocol.md §0.3), the paths are deleted, and the export is imported again
 //! through the daemon: AddToStoreNar (39) per path with `dontCheckSigs`, then QueryPathInfo
-//! (26) on the result. Also: importing what is already valid, and importing garbage.
+//! (26) on the result; then the same exports go into a second, empty store at the same paths
+//! (store paths depend on the store dir) served by a new daemon of the same kind. Also:
+//! importing what is already valid, and importing garbage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -81,6 +83,8 @@ fn export_delete_import() {
         .fails()
         .run();
 
+        let second_export = export.clone();
+        let second_hello_export = hello_export.clone();
         side.step("--import the closure", side.cmd("nix-store", ["--import"]))
             .input(export.clone())
             .ok()
@@ -119,6 +123,45 @@ fn export_delete_import() {
         .ok()
         .run();
         side.snapshot("after importing");
+
+        // A second, empty store at the same paths, served by a new daemon of the same kind:
+        // the exports go in as paths it never had (app's deriver is not in it).
+        side.fresh_store();
+        side.start_daemon();
+        side.step(
+            "second store: --import the closure",
+            side.cmd("nix-store", ["--import"]),
+        )
+        .input(second_export)
+        .ok()
+        .run();
+        side.step(
+            "second store: --import hello",
+            side.cmd("nix-store", ["--import"]),
+        )
+        .input(second_hello_export)
+        .ok()
+        .run();
+        side.step(
+            "second store: -q --requisites app",
+            side.cmd("nix-store", ["-q", "--requisites", app]),
+        )
+        .ok()
+        .run();
+        side.step(
+            "second store: path-info --json",
+            side.cmd("nix", ["path-info", "--json", "-r", app, &hello]),
+        )
+        .norm(Norm::RegistrationTime)
+        .ok()
+        .run();
+        side.step(
+            "second store: --verify-path",
+            side.cmd("nix-store", ["--verify-path", app, dep, &hello]),
+        )
+        .ok()
+        .run();
+        side.snapshot("second store after importing");
 
         side.step(
             "--import garbage fails",

@@ -223,9 +223,22 @@ pub struct Side<'r> {
     reference: Option<&'r [Record]>,
     stopped: Option<String>,
     daemon_logs: String,
+    builder: &'r dyn Fn(Client) -> TestStoreBuilder,
 }
 
 impl<'r> Side<'r> {
+    /// Replaces the store by a fresh, empty one at the same paths (made by the scenario's
+    /// store options): the daemon is stopped and the old root removed first. For "a second
+    /// store": paths exported from the first one keep their names in the second.
+    pub fn fresh_store(&mut self) {
+        self.stop_daemon();
+        let root = self.store.root().to_owned();
+        // The old root disappears with its last handle; hold a throwaway store meanwhile.
+        let old = std::mem::replace(&mut self.store, TestStore::new());
+        drop(old);
+        self.store = (self.builder)(self.client).root(&root).build();
+    }
+
     /// Starts the daemon under comparison (as configured by `adjust`, e.g.
     /// `|s| s.isolate_pids(false)`); a running one is stopped first.
     pub fn start_daemon_with(&mut self, adjust: impl FnOnce(DaemonSpec) -> DaemonSpec) {
@@ -754,7 +767,7 @@ fn run_side(
     server: Server,
     role: Role,
     root: &Path,
-    store: &impl Fn(Client) -> TestStoreBuilder,
+    builder: &dyn Fn(Client) -> TestStoreBuilder,
     scenario: &impl Fn(&mut Side),
     reference: Option<&[Record]>,
 ) -> (Vec<Record>, String) {
@@ -763,7 +776,7 @@ fn run_side(
         "{} still exists: the previous side was not cleaned up",
         root.display()
     );
-    let store = store(client).root(root).build();
+    let store = builder(client).root(root).build();
     let mut side = Side {
         client,
         server,
@@ -774,6 +787,7 @@ fn run_side(
         reference,
         stopped: None,
         daemon_logs: String::new(),
+        builder,
     };
     scenario(&mut side);
     side.stop_daemon();
