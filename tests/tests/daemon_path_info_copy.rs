@@ -14,6 +14,7 @@ use common::fixture::build_closure;
 use common::snapshot::tree;
 use common::*;
 use nixnest_core::Hash;
+use nixnest_testkit::{RunExt, TestStore};
 
 /// The files of a binary cache: the listing, then the text of every `.narinfo` and
 /// `nix-cache-info`, and the SHA-256 of everything else.
@@ -174,4 +175,128 @@ fn path_info_and_copy() {
         .run();
         side.snapshot("after copying back");
     });
+}
+
+/// A signing key pair made by the host's `nix key`: (secret, public).
+fn key_pair(name: &str) -> (String, String) {
+    let store = TestStore::new();
+    let secret = store
+        .nix("nix")
+        .args(["key", "generate-secret", "--key-name", name])
+        .run();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("nix --extra-experimental-features nix-command key convert-secret-to-public")
+        .env("NIX_CONF_DIR", store.conf_dir())
+        .run_with_input(secret.as_bytes());
+    (
+        secret,
+        String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+    )
+}
+
+/// Signatures: `nix store sign` (AddSignatures 37), and copies into the daemon that the daemon
+/// accepts only when signed by a key in its `trusted-public-keys` (AddMultipleToStore /
+/// AddToStoreNar with signature checks on).
+#[test]
+fn signed_copies() {
+    let (trusted_secret, trusted_public) = key_pair("test-trusted-1");
+    let (other_secret, _) = key_pair("test-other-1");
+    let store =
+        move |_| TestStore::builder().conf(format!("trusted-public-keys = {trusted_public}"));
+    compare("signatures", store, |side| {
+        let closure = build_closure(side);
+        side.store.write("keys/trusted", &trusted_secret);
+        side.store.write("keys/other", &other_secret);
+        side.start_daemon();
+        let (app, dep) = (closure.app.as_str(), closure.dep.as_str());
+        let uri = side.daemon().uri();
+        for (key, cache) in [("trusted", "signed-cache"), ("other", "other-cache")] {
+            let cache_url = format!("file://{}", side.path(cache).display());
+            side.step(
+                format!("nix store sign with the {key} key"),
+                side.cmd(
+                    "nix",
+                    [
+                        "store",
+                        "sign",
+                        "--key-file",
+                        &format!("keys/{key}"),
+                        "-r",
+                        app,
+                    ],
+                ),
+            )
+            .ok()
+            .run();
+            side.step(
+                format!("path-info --sigs after signing with the {key} key"),
+                side.cmd("nix", ["path-info", "--sigs", "-r", app]),
+            )
+            .ok()
+            .run();
+            side.step(
+                format!("copy --to the {cache}"),
+                side.cmd("nix", ["copy", "--to", &cache_url, app]),
+            )
+            .norms(norm::copy())
+            .ok()
+            .run();
+        }
+        side.observe(
+            "the cache signed with the trusted key",
+            cache_contents(&side.path("signed-cache")),
+        );
+
+        // Remove the signatures the store has, then the paths.
+        side.step(
+            "--delete the signed paths",
+            side.cmd("nix-store", ["--delete", app, dep]),
+        )
+        .norms(norm::gc())
+        .ok()
+        .run();
+        let other_url = format!("file://{}", side.path("other-cache").display());
+        // The other cache's narinfos carry both signatures; strip the trusted one so only the
+        // untrusted key vouches for the paths.
+        strip_signatures(&side.path("other-cache"), "test-trusted-1:");
+        side.step(
+            "copy --from a cache signed by an untrusted key fails",
+            side.cmd("nix", ["copy", "--from", &other_url, "--to", &uri, app]),
+        )
+        .norms(norm::copy())
+        .fails()
+        .run();
+        let signed_url = format!("file://{}", side.path("signed-cache").display());
+        side.step(
+            "copy --from a cache signed by the trusted key",
+            side.cmd("nix", ["copy", "--from", &signed_url, "--to", &uri, app]),
+        )
+        .norms(norm::copy())
+        .ok()
+        .run();
+        side.step(
+            "path-info --sigs of the copied paths",
+            side.cmd("nix", ["path-info", "--sigs", "-r", app]),
+        )
+        .ok()
+        .run();
+        side.snapshot("after the signed copy");
+    });
+}
+
+/// Removes `Sig:` lines starting with `prefix` from every `.narinfo` in `cache`.
+fn strip_signatures(cache: &Path, prefix: &str) {
+    for entry in std::fs::read_dir(cache).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "narinfo") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let kept: String = text
+                .lines()
+                .filter(|l| !l.starts_with(&format!("Sig: {prefix}")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&path, kept).unwrap();
+        }
+    }
 }
