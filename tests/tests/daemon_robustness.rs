@@ -503,3 +503,51 @@ fn client_in_another_pid_namespace_is_served() {
         "{server}"
     );
 }
+
+/// Real clients of every version adding the same path (and one of their own each) at the
+/// same time: all succeed with the same answer, and the store is sound afterwards.
+#[test]
+fn real_clients_add_the_same_path_concurrently() {
+    let store = TestStore::new();
+    let (server, daemon) = start(&store);
+    let same = store.write("in/same.txt", "everyone adds this\n".repeat(10_000));
+    let clients: Vec<Client> = common::clients()
+        .into_iter()
+        .flat_map(|c| [c, c, c])
+        .collect();
+    let outputs: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let own = store.write(format!("in/own-{i}.txt"), format!("only client {i}\n"));
+                let mut cmd = store.client(*client).daemon(&daemon).command("nix-store");
+                cmd.arg("--add").arg(&same).arg(&own);
+                scope.spawn(move || cmd.run())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first_lines: BTreeSet<&str> = outputs.iter().filter_map(|o| o.lines().next()).collect();
+    assert_eq!(
+        first_lines.len(),
+        1,
+        "{server}: different paths for the same file: {outputs:?}"
+    );
+    let owns: BTreeSet<&str> = outputs.iter().filter_map(|o| o.lines().nth(1)).collect();
+    assert_eq!(owns.len(), clients.len(), "{server}: {outputs:?}");
+    store
+        .client(Client::Host)
+        .daemon(&daemon)
+        .command("nix-store")
+        .args(["--verify", "--check-contents"])
+        .run();
+    let valid = store
+        .client(Client::Host)
+        .daemon(&daemon)
+        .command("nix-store")
+        .arg("--check-validity")
+        .args(first_lines.iter().chain(owns.iter()))
+        .run();
+    assert_eq!(valid, "", "{server}");
+}
