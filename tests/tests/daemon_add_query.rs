@@ -117,6 +117,37 @@ fn add_and_query() {
         .ok()
         .run();
 
+        // A large file: NARs of many frames, hashed while streaming.
+        let big: Vec<u8> = (0..8u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        side.store.write("in/big.bin", &big);
+        let big_paths = side
+            .step(
+                "add an 8 MiB file",
+                side.cmd("nix-store", ["--add", "in/big.bin"]),
+            )
+            .ok()
+            .run();
+        side.step(
+            "add-fixed sha256 of the 8 MiB file",
+            side.cmd("nix-store", ["--add-fixed", "sha256", "in/big.bin"]),
+        )
+        .ok()
+        .run();
+        side.step(
+            "-q --hash of the 8 MiB file",
+            side.cmd("nix-store", ["-q", "--hash", &big_paths]),
+        )
+        .ok()
+        .run();
+        side.step(
+            "--verify-path of the 8 MiB file",
+            side.cmd("nix-store", ["--verify-path", &big_paths]),
+        )
+        .ok()
+        .run();
+
         side.store.write("closure.nix", CLOSURE);
         let c = unquote(
             &side

@@ -19,6 +19,7 @@ fn roots_and_garbage_collection() {
         let closure = build_closure(side);
         side.store.write("in/garbage1", "garbage one\n");
         side.store.write("in/garbage2", "garbage two\n");
+        side.store.write("in/garbage3", "garbage three\n");
         side.store.write("in/rooted", "kept by a root\n");
         std::fs::create_dir_all(side.path("roots")).unwrap();
         side.start_daemon();
@@ -52,7 +53,10 @@ fn roots_and_garbage_collection() {
         let garbage = side
             .step(
                 "add garbage",
-                side.cmd("nix-store", ["--add", "in/garbage1", "in/garbage2"]),
+                side.cmd(
+                    "nix-store",
+                    ["--add", "in/garbage1", "in/garbage2", "in/garbage3"],
+                ),
             )
             .ok()
             .run();
@@ -128,6 +132,27 @@ fn roots_and_garbage_collection() {
             side.cmd("nix-store", ["--check-validity", &garbage[0]]),
         )
         .fails()
+        .run();
+        side.step(
+            "nix store delete (new CLI) of a dead path",
+            side.cmd("nix", ["store", "delete", &garbage[2]]),
+        )
+        .norms(norm::gc())
+        .ok()
+        .run();
+        side.step(
+            "nix store gc --dry-run",
+            side.cmd("nix", ["store", "gc", "--dry-run"]),
+        )
+        .norms(norm::gc())
+        .ok()
+        .run();
+        side.step(
+            "--gc --max-freed 1 (one dead path left)",
+            side.cmd("nix-store", ["--gc", "--max-freed", "1"]),
+        )
+        .norms(norm::gc())
+        .ok()
         .run();
         side.step("--gc", side.cmd("nix-store", ["--gc"]))
             .norms(norm::gc())
