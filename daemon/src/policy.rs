@@ -20,12 +20,15 @@
 //! | ImportPaths signatures | not checked | checked | checked |
 //! | ignoreLiveness | refused for everyone | | |
 //! | AddSignatures | allowed for everyone (CppNix ≥ 2.17; 2.8–2.16 refused untrusted clients) | | |
+//! | per-user profile/gcroots dirs created | yes | yes | no |
+//! | store view | full | full | a build's view ([`StoreView::Build`]) |
 
 use nixnest_protocol::handshake::TrustLevel;
 
 use crate::auth::Access;
 use crate::config::ClientTrust;
 use crate::error::{OpError, OpResult};
+use crate::view::StoreView;
 
 /// The trust-dependent rules for one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +56,20 @@ impl Policy {
         } else {
             TrustLevel::NotTrusted
         }
+    }
+
+    /// What the session may see and do.
+    pub fn view(&self) -> StoreView {
+        match self.access {
+            Access::Trusted | Access::Allowed => StoreView::Full,
+            Access::BuildUser { uid } => StoreView::Build { uid },
+        }
+    }
+
+    /// Whether the peer gets `profiles/per-user/<user>` and `gcroots/per-user/<user>`
+    /// (every user that connects, as in CppNix; builds have no use for them).
+    pub fn creates_user_dirs(&self) -> bool {
+        !matches!(self.access, Access::BuildUser { .. })
     }
 
     /// How much of `SetOptions` applies.
@@ -164,6 +181,8 @@ mod tests {
             format!("ultimate {}", p.ultimate(true)),
             format!("censor {}", p.censor_roots()),
             format!("import checks {}", p.import_checks_sigs()),
+            format!("user dirs {}", p.creates_user_dirs()),
+            format!("{:?}", p.view()),
             ok(p.check_build_repair(true)),
             ok(p.check_build_repair(false)),
             ok(p.check_verify_repair(true)),
@@ -186,6 +205,8 @@ mod tests {
             "ultimate true",
             "censor false",
             "import checks false",
+            "user dirs true",
+            "Full",
             "ok",
             "ok",
             "ok",
@@ -196,7 +217,7 @@ mod tests {
             "fail: you are not allowed to ignore liveness",
             "ok",
         ];
-        let untrusted = |trust: &str| {
+        let untrusted = |trust: &str, dirs: bool, view: &str| {
             vec![
                 "NotTrusted".to_owned(),
                 trust.to_owned(),
@@ -205,6 +226,8 @@ mod tests {
                 "ultimate false".to_owned(),
                 "censor true".to_owned(),
                 "import checks true".to_owned(),
+                format!("user dirs {dirs}"),
+                view.to_owned(),
                 "close: repairing is not allowed because you are not in 'trusted-users'".to_owned(),
                 "ok".to_owned(),
                 "fail: you are not privileged to repair paths".to_owned(),
@@ -217,7 +240,10 @@ mod tests {
             ]
         };
         assert_eq!(row(ALL[0]), trusted);
-        assert_eq!(row(ALL[1]), untrusted("Untrusted"));
-        assert_eq!(row(ALL[2]), untrusted("Recursive"));
+        assert_eq!(row(ALL[1]), untrusted("Untrusted", true, "Full"));
+        assert_eq!(
+            row(ALL[2]),
+            untrusted("Recursive", false, "Build { uid: 30001 }")
+        );
     }
 }

@@ -37,7 +37,6 @@ use nixnest_protocol::stderr::NixError;
 use nixnest_protocol::{Error as ProtoError, FeatureSet, ProtocolVersion, WireReader, WireWriter};
 use nixnest_store::{LocalStore, TempRoots};
 
-use crate::auth::Access;
 use crate::config::Settings;
 use crate::control::SessionGuard;
 use crate::error::{OpError, OpResult, protocol_message};
@@ -155,7 +154,7 @@ where
     );
 
     if let Some(peer) = &peer
-        && matches!(access, Access::Allowed | Access::Trusted)
+        && policy.creates_user_dirs()
     {
         let store = Arc::clone(&shared.store);
         let (user, uid) = (peer.user(), peer.uid);
@@ -172,12 +171,15 @@ where
         out: Output::new(w, sink),
         shared,
         policy,
-        view: Arc::new(StoreView::for_access(access)),
+        view: Arc::new(policy.view()),
         daemon_settings: Arc::clone(&settings),
         settings,
         roots,
     };
     session.serve_requests(&mut shutdown, &guard).await;
+    // Dropping the temp roots deletes their file: store work, so not on this thread.
+    let roots = session.roots;
+    let _ = tokio::task::spawn_blocking(move || drop(roots)).await;
 }
 
 /// Reads the next request; `Ok(None)` when the client closed the connection between

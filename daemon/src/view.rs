@@ -4,8 +4,9 @@
 //! Every operation asks the session's [`StoreView`] before it runs
 //! ([`StoreView::permission`]) and filters the paths it reports or accepts through it
 //! ([`StoreView::is_visible`], [`StoreView::visible`]); paths a session adds are reported
-//! back ([`StoreView::note_added`]). Ordinary clients get [`StoreView::Full`], for which
-//! all of this is the identity.
+//! back ([`StoreView::note_added`]). The session's [`Policy`](crate::policy::Policy)
+//! picks the view; ordinary clients get [`StoreView::Full`], for which all of this is
+//! the identity.
 //!
 //! A later issue adds the restricted view of a build's own session (a recursive-Nix
 //! client connecting as the build user, or on a per-build socket): it sees only the
@@ -18,8 +19,6 @@ use std::collections::BTreeSet;
 
 use nixnest_core::StorePath;
 use nixnest_protocol::request::Opcode;
-
-use crate::auth::Access;
 
 /// What a session may see and do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,13 +41,6 @@ pub enum Permission {
 }
 
 impl StoreView {
-    pub fn for_access(access: Access) -> Self {
-        match access {
-            Access::Trusted | Access::Allowed => StoreView::Full,
-            Access::BuildUser { uid } => StoreView::Build { uid },
-        }
-    }
-
     /// Whether `op` runs, is skipped, or is refused.
     pub fn permission(&self, op: Opcode) -> Permission {
         match self {
@@ -87,8 +79,7 @@ mod tests {
 
     #[test]
     fn full_view_sees_and_runs_everything() {
-        let view = StoreView::for_access(Access::Allowed);
-        assert_eq!(view, StoreView::for_access(Access::Trusted));
+        let view = StoreView::Full;
         let p = StorePath::from_base_name("00000000000000000000000000000000-x").unwrap();
         assert!(view.is_visible(&p));
         assert_eq!(view.visible([p.clone()].into()), [p].into());
@@ -99,7 +90,7 @@ mod tests {
 
     #[test]
     fn build_sessions_are_refused_until_the_restricted_view_exists() {
-        let view = StoreView::for_access(Access::BuildUser { uid: 30001 });
+        let view = StoreView::Build { uid: 30001 };
         let p = StorePath::from_base_name("00000000000000000000000000000000-x").unwrap();
         assert!(!view.is_visible(&p));
         assert!(view.visible([p].into()).is_empty());

@@ -141,7 +141,20 @@ fn wait_for_path(path: &Path) {
 /// Connects, sends nothing (shutting down its side) and reads until EOF: a connection
 /// that ends before the handshake gets no protocol bytes.
 fn connect_and_read(path: &Path) -> Vec<u8> {
-    let mut stream = UnixStream::connect(path).unwrap();
+    // The socket file appears at bind(2), a moment before listen(2).
+    let deadline = Instant::now() + PATIENCE;
+    let mut stream = loop {
+        match UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("connecting to {}: {e}", path.display()),
+        }
+    };
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut bytes = Vec::new();

@@ -88,6 +88,10 @@ async fn queries_and_adds_on_one_connection() {
         c.negotiated().info.daemon_nix_version.as_deref(),
         Some(nixnest_daemon::DAEMON_VERSION_STRING)
     );
+    // The peer's per-user directories exist, as CppNix creates them on connect.
+    for dir in ["profiles/per-user/root", "gcroots/per-user/root"] {
+        assert!(store.state_dir().join(dir).is_dir(), "{dir}");
+    }
     let none = BTreeSet::new();
 
     // AddToStore ≥ 1.25: spec appendix B's `nix-store --add hello.txt`.
@@ -1045,6 +1049,24 @@ async fn untrusted_clients_get_cppnix_limits() {
     let mut c = connect(&d, &store).await;
     assert_eq!(c.negotiated().info.trust, TrustLevel::NotTrusted);
     let none = BTreeSet::new();
+    // Restricted settings are ignored with CppNix's warning; whitelisted ones apply.
+    let log = record(&mut c);
+    c.set_options(&ClientSettings {
+        overrides: vec![
+            ("sandbox".into(), "false".into()),
+            ("timeout".into(), "7".into()),
+        ],
+        ..ClientSettings::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lines(&log.lock().unwrap()),
+        vec![
+            "warning: ignoring the client-specified setting 'sandbox', because it is a \
+             restricted setting and you are not a trusted user"
+        ]
+    );
     let p = c.add_text_to_store("p", b"p", &none).await.unwrap();
 
     // Refused with an error; the session goes on.

@@ -9,7 +9,7 @@
 //! | [`settings`] | SetOptions 19 |
 //! | [`builds`] | BuildPaths 9, EnsurePath 10, BuildDerivation 36, QueryMissing 40, RegisterDrvOutput 42, QueryRealisation 43, BuildPathsWithResults 46, builder RPC 1000/1001 |
 //!
-//! Every store call runs on the blocking pool through [`Session::run`] and friends; the
+//! Every store call runs on the blocking pool through `Session::run` and friends; the
 //! helpers below apply the session's [`StoreView`](crate::view::StoreView), so a path
 //! the view hides answers exactly like an invalid one.
 
