@@ -58,6 +58,20 @@ fn show<T: Debug>(r: &nixnest_protocol::Result<T>) -> String {
     Norm::StripAnsi.apply(&Norm::RegistrationTime.apply(&text))
 }
 
+/// The temp roots FindRoots reports (`{temp:…}` entries only), sorted.
+async fn temp_roots(c: &mut UnixDaemonClient) -> String {
+    let roots = c.find_roots().await.map(|r| {
+        let mut temp: Vec<String> = r
+            .into_iter()
+            .filter(|(link, _)| link.starts_with("{temp:"))
+            .map(|(_, p)| p.to_base_name())
+            .collect();
+        temp.sort();
+        temp
+    });
+    show(&roots)
+}
+
 fn path(side: &Side, abs: &str) -> StorePath {
     StoreDir::new(side.store.store_dir().display().to_string())
         .unwrap()
@@ -129,6 +143,7 @@ fn operations_no_cli_client_sends() {
                             .await,
                     ),
                 );
+                obs("temp roots after the queries", temp_roots(&mut c).await);
                 let mut nar = Vec::new();
                 let n = c.nar_from_path(&app, &mut nar).await;
                 obs(
@@ -141,6 +156,7 @@ fn operations_no_cli_client_sends() {
                     "NarFromPath dep",
                     format!("{} -> sha256 {}", show(&n), Hash::sha256(&nar).to_base16()),
                 );
+                obs("temp roots after NarFromPath", temp_roots(&mut c).await);
                 obs(
                     "AddTextToStore (8) with a reference",
                     show(
@@ -148,6 +164,7 @@ fn operations_no_cli_client_sends() {
                             .await,
                     ),
                 );
+                obs("temp roots after AddTextToStore", temp_roots(&mut c).await);
                 obs(
                     "AddSignatures",
                     show(
@@ -157,7 +174,9 @@ fn operations_no_cli_client_sends() {
                 );
                 let signed = c.query_path_info(&dep).await;
                 obs("QueryPathInfo after AddSignatures", show(&signed));
+                obs("temp roots after AddSignatures", temp_roots(&mut c).await);
                 obs("EnsurePath (valid)", show(&c.ensure_path(&dep).await));
+                obs("temp roots after EnsurePath", temp_roots(&mut c).await);
                 obs("AddTempRoot", show(&c.add_temp_root(&app).await));
                 std::os::unix::fs::symlink(&closure.dep, side.path("roots/indirect")).unwrap();
                 let link = side.path("roots/indirect").display().to_string();
