@@ -148,6 +148,32 @@ fn add_and_query() {
         .ok()
         .run();
 
+        // The store lives in the database, not in the daemon: a restarted daemon knows every
+        // path, and sees what Nix wrote meanwhile without a daemon (root in local mode).
+        side.start_daemon();
+        side.store
+            .write("in/local.txt", "written without the daemon\n");
+        let local = side.prep({
+            let mut c = side.local("nix-store");
+            c.arg("--add").arg(side.path("in/local.txt"));
+            c
+        });
+        side.step(
+            "after a restart and a local-mode add",
+            side.cmd(
+                "nix-store",
+                ["--check-validity", "--print-invalid", &big_paths, &local],
+            ),
+        )
+        .ok()
+        .run();
+        side.step(
+            "-q --hash of the locally added path",
+            side.cmd("nix-store", ["-q", "--hash", &local]),
+        )
+        .ok()
+        .run();
+
         side.store.write("closure.nix", CLOSURE);
         let c = unquote(
             &side
