@@ -104,6 +104,9 @@ impl Server {
         match std::env::var("NIXNEST_E2E_REFERENCE") {
             Ok(s) if !s.is_empty() => vec![Server::parse("NIXNEST_E2E_REFERENCE", &s)],
             _ => match client {
+                // Without the sid chroot (then the 2.26/2.34 clients are skipped too), the
+                // 2.8 client has its own daemon only.
+                Client::Host if !Client::Sid.is_available() => vec![Server::Nix(Client::Host)],
                 Client::Host => vec![Server::Nix(Client::Host), Server::Nix(Client::Sid)],
                 Client::Trixie | Client::Sid => vec![Server::Nix(Client::Sid)],
             },
