@@ -1,7 +1,8 @@
 //! Garbage collection and GC roots, compared between the real `nix-daemon` and nixnest for the
 //! 2.8, 2.26 and 2.34 clients (see `common` for the harness).
 //!
-//! Ops exercised (worker-protocol.md §10): BuildPaths (9) on valid outputs, EnsurePath (10),
+//! Ops exercised (worker-protocol.md §10): BuildPaths (9) and BuildPathsWithResults (46) on
+//! valid outputs, EnsurePath (10),
 //! AddTempRoot (11), AddIndirectRoot (12), FindRoots (14), CollectGarbage (20) with every
 //! action, QueryMissing (40), QueryDerivationOutputMap (41), AddPermRoot (47, 2.34), and the
 //! AddToStore calls of `nix-build`'s evaluation.
@@ -37,6 +38,22 @@ fn roots_and_garbage_collection() {
         side.step(
             "nix-build out-link (nothing to build)",
             side.cmd("nix-build", ["closure.nix", "-A", "dep", "-o", "roots/dep"]),
+        )
+        .ok()
+        .run();
+        side.step(
+            "nix build (new CLI) out-link, nothing to build",
+            side.cmd(
+                "nix",
+                [
+                    "build",
+                    "-f",
+                    "closure.nix",
+                    "app",
+                    "--out-link",
+                    "roots/nix-build",
+                ],
+            ),
         )
         .ok()
         .run();
@@ -173,6 +190,7 @@ fn roots_and_garbage_collection() {
         // kept only them alive).
         std::fs::remove_file(side.path("roots/app")).unwrap();
         std::fs::remove_file(side.path("roots/dep")).unwrap();
+        std::fs::remove_file(side.path("roots/nix-build")).unwrap();
         side.step(
             "--gc --print-dead without the roots",
             side.cmd("nix-store", ["--gc", "--print-dead"]),
