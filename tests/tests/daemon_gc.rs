@@ -219,3 +219,71 @@ fn roots_and_garbage_collection() {
         );
     });
 }
+
+/// Runtime roots: a running process whose working directory is a store path, or that holds a
+/// store file open, keeps it alive; the daemon finds it in `/proc` (so here the daemons share
+/// the test's PID namespace). Only this test's processes can name this store's paths.
+#[test]
+fn runtime_roots() {
+    compare("gc runtime roots", plain_store, |side| {
+        let closure = build_closure(side);
+        side.start_daemon_with(|spec| spec.isolate_pids(false));
+        let mut holder = std::process::Command::new("sh")
+            .args(["-c", "exec 3< \"$1\"; exec sleep 300", "sh", &closure.dep])
+            .current_dir(&closure.app)
+            .spawn()
+            .unwrap();
+        // Wait until the shell has opened the file and become `sleep` (whose environment,
+        // with the shell's PWD, is then fixed).
+        let comm = format!("/proc/{}/comm", holder.id());
+        let start = std::time::Instant::now();
+        while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{comm} never became sleep"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        side.step(
+            "--gc --print-roots with a process in app holding dep open",
+            side.cmd("nix-store", ["--gc", "--print-roots"]),
+        )
+        .norm(Norm::Pids)
+        .norm(Norm::SortLines)
+        .norms(norm::gc())
+        .ok()
+        .run();
+        side.step(
+            "--gc --print-dead",
+            side.cmd("nix-store", ["--gc", "--print-dead"]),
+        )
+        .norms(norm::gc())
+        .ok()
+        .run();
+        side.step(
+            "-q --roots dep",
+            side.cmd("nix-store", ["-q", "--roots", &closure.dep]),
+        )
+        .norm(Norm::Pids)
+        .norm(Norm::SortLines)
+        .norms(norm::gc())
+        .ok()
+        .run();
+        side.step(
+            "--delete app fails while the process runs in it",
+            side.cmd("nix-store", ["--delete", &closure.app]),
+        )
+        .norms(norm::gc())
+        .fails()
+        .run();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        side.step(
+            "--gc --print-dead after the process ended",
+            side.cmd("nix-store", ["--gc", "--print-dead"]),
+        )
+        .norms(norm::gc())
+        .ok()
+        .run();
+    });
+}
