@@ -16,6 +16,7 @@ use nixnest_daemon::cli::{self, Cli, Command, TrustOverride};
 use nixnest_daemon::config::{self, ConfigEnv, Settings};
 use nixnest_daemon::control::{self, Registry};
 use nixnest_daemon::listener::{self, ActivatedSocket, Listener, ListenerConfig};
+use nixnest_daemon::recursive::{self, Recursive, RecursiveConfig, ServeContext};
 use nixnest_daemon::session::Worker;
 use nixnest_store::{LocalStore, PublicKey, StoreConfig};
 
@@ -160,7 +161,11 @@ fn run_daemon(cli: &Cli) -> MainResult {
 
     // SAFETY: no runtime and no other thread exist yet.
     let activated = unsafe { listener::take_activation_fds() }?;
-    let worker = Worker::new(Arc::new(open_store(&settings)?));
+    let worker = Worker::with_parts(
+        Arc::new(open_store(&settings)?),
+        Arc::new(nixnest_daemon::ops::builds::NoBuilder),
+        Recursive::new(RecursiveConfig::from_settings(&settings)),
+    );
     let rt = runtime(settings.max_connections)?;
     let result = rt.block_on(serve_socket(Arc::new(settings), activated, trust, worker));
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -248,10 +253,17 @@ async fn serve_socket(
             vec![socket]
         }
     };
+    if settings.allow_build_user_connections {
+        // Seed-style recursive Nix: build users must reach the socket.
+        for warning in recursive::prepare_seed_socket(&settings) {
+            tracing::warn!("{warning}");
+        }
+    }
 
     let registry = Registry::new();
     let mut config = ListenerConfig::from_settings(&settings);
     config.force_untrusted = trust == TrustOverride::ForceUntrusted;
+    let shared = Arc::clone(worker.shared());
     let listener = Listener::new(
         sockets,
         Arc::clone(&settings),
@@ -259,6 +271,13 @@ async fn serve_socket(
         Arc::new(worker),
         config,
     )?;
+    shared.recursive.install(ServeContext {
+        shared: Arc::downgrade(&shared),
+        settings: Arc::clone(&settings),
+        registry: Arc::clone(&registry),
+        shutdown: listener.subscribe_shutdown(),
+        runtime: tokio::runtime::Handle::current(),
+    });
 
     let control_path = control::control_socket_path(&settings.state_dir);
     match control::bind_control_socket(&control_path) {

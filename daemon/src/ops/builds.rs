@@ -269,17 +269,35 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     s.policy.check_build_repair(mode == BuildMode::Repair)?;
+    let store = std::sync::Arc::clone(&s.shared.store);
+    s.view.check_build(
+        &paths,
+        mode,
+        s.daemon_settings.recursive_nix_max_depth,
+        |p| store.print(p),
+    )?;
     let backend = std::sync::Arc::clone(&s.shared.builder);
     s.run(move |job| {
-        Ok(paths
+        let results: Vec<KeyedBuildResult> = paths
             .into_iter()
             .map(|path| {
                 let result = realise(job, &*backend, &path, mode);
                 KeyedBuildResult { path, result }
             })
-            .collect())
+            .collect();
+        job.view.note_built(&built_outputs(&results))?;
+        Ok(results)
     })
     .await
+}
+
+/// The output paths of the successful results (what joins a build's view).
+fn built_outputs(results: &[KeyedBuildResult]) -> BTreeSet<StorePath> {
+    results
+        .iter()
+        .filter(|r| r.result.status.is_success())
+        .flat_map(|r| r.result.built_outputs.values().map(|o| o.out_path.clone()))
+        .collect()
 }
 
 /// BuildPaths (9).
@@ -340,6 +358,7 @@ pub async fn ensure_path<S>(s: &mut Session<S>, path: StorePath) -> OpResult<Out
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    s.view.check_ensure(&path, &s.shared.store.print(&path))?;
     s.run(move |job| {
         root(job, &path);
         if is_valid(job, &path)? {
