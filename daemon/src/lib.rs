@@ -15,12 +15,14 @@
 //! * [`ops`] — one handler per operation, grouped by module;
 //! * [`policy`] — every trust-dependent rule; [`view`] — what a session may see (the
 //!   restricted op table of recursive Nix); [`error`] — how operations fail;
+//! * [`builds`] — the build scheduler behind the build operations;
 //! * [`recursive`] — recursive Nix: build views, per-build sockets, seed-style admission.
 
 // `unwrap`/`expect` are fine in tests (COMMON.md); the workspace lints forbid them elsewhere.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod control;

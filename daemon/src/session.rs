@@ -41,11 +41,11 @@ use nixnest_protocol::{Error as ProtoError, FeatureSet, ProtocolVersion, WireRea
 use nixnest_store::{LocalStore, TempRoots};
 
 use crate::auth::Access;
+use crate::builds::Scheduler;
 use crate::config::Settings;
 use crate::control::SessionGuard;
 use crate::error::{OpError, OpResult, protocol_message};
 use crate::listener::{Connection, Handler, Shutdown};
-use crate::ops::builds::{BuildBackend, NoBuilder};
 use crate::ops::{self, Outcome};
 use crate::policy::Policy;
 use crate::recursive::{BuildView, Recursive};
@@ -55,9 +55,9 @@ use crate::work::{self, Job, JobContext, Output, Phase, SharedSink};
 /// What every session of the daemon shares.
 pub struct Shared {
     pub store: Arc<LocalStore>,
-    /// Builds derivations; [`NoBuilder`] until the sandboxed builder is wired in.
-    pub builder: Arc<dyn BuildBackend>,
-    /// Recursive Nix: the views of running builds.
+    /// Builds derivations (daemon-wide: slots, build users, builds in flight).
+    pub scheduler: Arc<Scheduler>,
+    /// Recursive Nix: the views of running builds (shared with the scheduler).
     pub recursive: Arc<Recursive>,
 }
 
@@ -68,24 +68,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker over `store` that cannot build yet.
-    pub fn new(store: Arc<LocalStore>) -> Self {
-        Self::with_builder(store, Arc::new(NoBuilder))
-    }
-
-    pub fn with_builder(store: Arc<LocalStore>, builder: Arc<dyn BuildBackend>) -> Self {
-        Self::with_parts(store, builder, Recursive::disabled())
-    }
-
-    pub fn with_parts(
-        store: Arc<LocalStore>,
-        builder: Arc<dyn BuildBackend>,
-        recursive: Arc<Recursive>,
-    ) -> Self {
+    /// A worker over `store` whose builds go to `scheduler` (and whose recursive-Nix
+    /// state is the scheduler's).
+    pub fn new(store: Arc<LocalStore>, scheduler: Arc<Scheduler>) -> Self {
+        let recursive = Arc::clone(scheduler.recursive());
         Worker {
             shared: Arc::new(Shared {
                 store,
-                builder,
+                scheduler,
                 recursive,
             }),
         }
@@ -120,6 +110,8 @@ pub struct Session<S> {
     /// This session's settings.
     pub(crate) settings: Arc<Settings>,
     pub(crate) roots: Arc<TempRoots>,
+    /// The listener's connection id (the builds it starts are listed with it).
+    pub(crate) id: u64,
 }
 
 /// Serves one connection until the client hangs up, the session fails, or the daemon
@@ -174,7 +166,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Connection {
-        id: _,
+        id,
         stream,
         peer,
         access,
@@ -255,6 +247,7 @@ where
         daemon_settings: Arc::clone(&settings),
         settings,
         roots,
+        id,
     };
     session.serve_requests(&mut shutdown, &guard).await;
     // Dropping the temp roots deletes their file: store work, so not on this thread.

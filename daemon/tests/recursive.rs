@@ -1,5 +1,6 @@
 //! Recursive Nix in process: a build's view served to nixnest's own client, without a real
-//! build (no sandbox handle: additions are bookkeeping only), so every row of the
+//! build (no sandbox handle: additions are bookkeeping only; nothing is built, so the
+//! scheduler never starts a builder), so every row of the
 //! restricted op table can be checked precisely and fast. Real builds, both channels and
 //! the real `nix` client are in `tests/tests/recursive_*.rs`.
 //!
@@ -24,6 +25,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use nixnest_core::{DerivedPath, OutputsSpec, StoreDir, StorePath};
 use nixnest_daemon::auth::Access;
+use nixnest_daemon::builds::{Scheduler, SchedulerConfig};
 use nixnest_daemon::config::{ConfigEnv, Settings};
 use nixnest_daemon::control::Registry;
 use nixnest_daemon::listener::{Connection, ShutdownTrigger, shutdown_channel};
@@ -66,12 +68,21 @@ struct Fixture {
 fn fixture_with(config: RecursiveConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LocalStore::open(StoreConfig::under(dir.path()), &NullLogger).unwrap());
-    let recursive = Recursive::new(config);
-    let worker = Worker::with_parts(
+    let registry = Registry::new();
+    // No build in these tests runs a builder (no build users, no helper needed).
+    let scheduler = Scheduler::new(
         Arc::clone(&store),
-        Arc::new(nixnest_daemon::ops::builds::NoBuilder),
-        Arc::clone(&recursive),
+        Arc::clone(&registry),
+        SchedulerConfig {
+            helper: nixnest_build::HelperCommand::new("/bin/false"),
+            max_jobs: 1,
+            build_users: None,
+            poll_interval: Duration::from_secs(1),
+            recursive: config,
+        },
     );
+    let recursive = Arc::clone(scheduler.recursive());
+    let worker = Worker::new(Arc::clone(&store), scheduler);
     let env = ConfigEnv::from_vars(|_| None, None).unwrap();
     let (trigger, _) = shutdown_channel();
     let roots = store.temp_roots_session();
@@ -81,7 +92,7 @@ fn fixture_with(config: RecursiveConfig) -> Fixture {
         store,
         recursive,
         settings: Arc::new(Settings::defaults(&env)),
-        registry: Registry::new(),
+        registry,
         trigger,
         roots,
     }

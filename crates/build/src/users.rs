@@ -160,8 +160,10 @@ impl UserPool {
 }
 
 /// Kills every process running as `uid` (never 0): a forked child switches to the uid and
-/// sends `kill(-1, SIGKILL)`, repeated until no process is left (or a few rounds have
-/// passed, since processes that are already zombies still count until reaped).
+/// sends `kill(-1, SIGKILL)` once, as CppNix's `killUser` does. One call reaches every
+/// process of the uid (the kernel walks the task list under a lock that `fork` needs), and
+/// its result cannot say whether any was left: Linux returns 0 whenever the system has
+/// any other process at all, even if none could be signalled — so only `EINTR` is retried.
 ///
 /// Safe to call from a multi-threaded process: the child only makes raw system calls.
 pub fn kill_user(uid: u32) -> Result<()> {
@@ -189,14 +191,15 @@ pub fn kill_user(uid: u32) -> Result<()> {
             };
             for _ in 0..50 {
                 let r = libc::syscall(libc::SYS_kill, -1 as libc::c_long, libc::SIGKILL);
-                if r != 0 {
-                    let e = *libc::__errno_location();
-                    if e == libc::ESRCH || e == libc::EPERM {
-                        libc::_exit(0);
-                    }
-                    if e != libc::EINTR {
-                        libc::_exit(3);
-                    }
+                if r == 0 {
+                    libc::_exit(0);
+                }
+                let e = *libc::__errno_location();
+                if e == libc::ESRCH || e == libc::EPERM {
+                    libc::_exit(0);
+                }
+                if e != libc::EINTR {
+                    libc::_exit(3);
                 }
                 libc::nanosleep(&pause, std::ptr::null_mut());
             }

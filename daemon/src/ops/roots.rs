@@ -110,7 +110,7 @@ where
         paths_to_delete,
         ignore_liveness: false,
         max_freed: opts.max_freed,
-        extra_roots: s.shared.builder.extra_roots(),
+        extra_roots: s.shared.scheduler.extra_roots(),
     };
     let results = s
         .run(move |job| Ok(job.store.collect_garbage(&store_opts, &job.log)?))
