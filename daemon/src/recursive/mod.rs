@@ -339,3 +339,65 @@ pub fn prepare_seed_socket(settings: &Settings) -> Vec<String> {
     }
     warnings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigEnv;
+
+    fn settings(lines: &[(&str, &str)]) -> Settings {
+        let env = ConfigEnv::from_vars(|_| None, None).unwrap();
+        let mut s = Settings::defaults(&env);
+        for (k, v) in lines {
+            s.set(k, v).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn configuration() {
+        let off = RecursiveConfig::from_settings(&settings(&[]));
+        assert_eq!(
+            off,
+            RecursiveConfig {
+                per_build: false,
+                seed: false,
+                max_depth: 3,
+                nested_jobs: 1
+            }
+        );
+        assert!(!off.enabled());
+        let on = RecursiveConfig::from_settings(&settings(&[
+            ("experimental-features", "nix-command recursive-nix"),
+            ("allow-build-user-connections", "true"),
+            ("recursive-nix-max-depth", "5"),
+            ("max-jobs", "4"),
+        ]));
+        assert_eq!(
+            on,
+            RecursiveConfig {
+                per_build: true,
+                seed: true,
+                max_depth: 5,
+                nested_jobs: 4
+            }
+        );
+    }
+
+    /// CppNix offers the `recursive-nix` system feature exactly when the experimental
+    /// feature is on.
+    #[test]
+    fn system_feature_follows_the_experimental_feature() {
+        let helper = nixnest_build::HelperCommand::new("/bin/false");
+        let has = |s: &Settings| {
+            crate::builds::build_settings(s, &helper)
+                .system_features
+                .contains(FEATURE)
+        };
+        assert!(!has(&settings(&[])));
+        assert!(has(&settings(&[(
+            "extra-experimental-features",
+            "recursive-nix"
+        )])));
+    }
+}
