@@ -125,8 +125,8 @@ impl Fixture {
             .path
     }
 
-    /// A derivation (with no inputs) added outside any view.
-    fn add_drv(&self, name: &str) -> StorePath {
+    /// A derivation (with no inputs) added outside any view: its path and text.
+    fn add_drv_text(&self, name: &str) -> (StorePath, String) {
         use nixnest_core::{Derivation, DerivationOutput};
         let sd = self.sd();
         let mut drv = Derivation {
@@ -148,7 +148,11 @@ impl Fixture {
         drv.fill_in_output_paths(&sd, |_| panic!("no inputs"))
             .unwrap();
         let aterm = drv.to_aterm(&sd).unwrap();
-        self.add_text(&format!("{name}.drv"), &aterm, &[])
+        (self.add_text(&format!("{name}.drv"), &aterm, &[]), aterm)
+    }
+
+    fn add_drv(&self, name: &str) -> StorePath {
+        self.add_drv_text(name).0
     }
 
     fn view(&self, inputs: &[&StorePath], parent: Option<Arc<BuildView>>) -> Arc<BuildView> {
@@ -520,6 +524,43 @@ async fn nesting_stops_at_the_depth_limit() {
     assert!(c3.is_valid_path(&added).await.unwrap());
     assert!(level3.is_visible(&added));
     assert!(!level2.is_visible(&added), "views are per build");
+}
+
+/// A build cannot be asked for from inside itself (it would wait for itself), even when
+/// the session makes its derivation visible by adding the same text again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_cannot_build_itself() {
+    let fx = fixture();
+    let (drv_path, aterm) = fx.add_drv_text("outer");
+    let view = BuildView::new(
+        Arc::clone(&fx.store),
+        NewView {
+            drv_path: drv_path.clone(),
+            inputs: BTreeSet::new(),
+            build_uid: None,
+            parent: None,
+            nested_jobs: 1,
+        },
+    );
+    let mut c = fx.connect(&view, &FeatureSet::new()).await;
+    let again = c
+        .add_text_to_store("outer.drv", aterm.as_bytes(), &BTreeSet::new())
+        .await
+        .unwrap();
+    assert_eq!(again, drv_path);
+    let wanted = [DerivedPath::Built {
+        drv_path: drv_path.clone(),
+        outputs: OutputsSpec::All,
+    }];
+    let e = remote(c.build_paths(&wanted, BuildMode::Normal).await.unwrap_err());
+    assert_eq!(
+        e.msg,
+        format!(
+            "cannot build '{}' in recursive Nix: it is being built already, by a build this one runs inside of",
+            fx.print(&drv_path)
+        )
+    );
+    assert!(c.is_valid_path(&drv_path).await.unwrap());
 }
 
 /// The builder exited: the view closes, its sessions end, nothing more can be added.

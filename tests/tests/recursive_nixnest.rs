@@ -6,6 +6,8 @@
 //! |---|---|
 //! | [`inner_results_are_real_dependencies`] | the outer output refers to the inner result; GC after the build keeps it; a path the outputs do not mention survives GC while the build runs and is collected after |
 //! | [`nesting_to_depth_three_and_past_the_limit`] | three levels of builds, each building the next; a fourth is refused with a clear error |
+//! | [`nesting_deeper_than_the_build_users_fails_instead_of_hanging`] | one level more than there are build users: the last level fails at once, saying why |
+//! | [`without_the_experimental_feature_like_upstream`] | `recursive-nix` not enabled: the derivation is refused with nix-daemon 2.8's words |
 //! | [`the_view_inside_per_build_socket`], [`the_view_inside_seed_style`] | inside the build: paths outside the view are invalid and unreadable, `nix-store --gc` deletes nothing, `--option sandbox false` is refused (warned) and has no effect |
 //! | [`build_users_without_a_build_are_rejected`] | seed style on: a build user with no running build is closed unanswered; the daemon makes the socket dir searchable |
 //! | [`build_users_are_rejected_like_upstream_when_off`] | seed style off: nixnest refuses build users with nix-daemon 2.8's words, the client fails the same way |
@@ -129,18 +131,7 @@ fn nesting_to_depth_three_and_past_the_limit() {
     }) else {
         return;
     };
-    let file = r.store.write("levels.nix", LEVELS_NIX);
-    let levels = r.nix("nix-store").arg("--add").arg(&file).run();
-    let build = |n: &str| {
-        r.nix("nix-build")
-            .arg(&levels)
-            .arg("--no-out-link")
-            .args(["--argstr", "nix", &r.nix])
-            .args(["--argstr", "bb", &r.bb])
-            .args(["--argstr", "self", &levels])
-            .args(["--argstr", "levels", n])
-            .run_unchecked()
-    };
+    let build = |n: &str| build_levels(&r, n);
 
     // Depth 3 (the default `recursive-nix-max-depth`): three builds, each inside the last.
     let out = r.built(&build("3"));
@@ -162,6 +153,90 @@ fn nesting_to_depth_three_and_past_the_limit() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(r.paths_named("level-4-of-4").is_empty());
+}
+
+/// Builds `levels.nix` (added to the store) with `levels` levels.
+fn build_levels(r: &Rec, levels: &str) -> std::process::Output {
+    let file = r.store.write("levels.nix", LEVELS_NIX);
+    let me = r.nix("nix-store").arg("--add").arg(&file).run();
+    r.nix("nix-build")
+        .arg(&me)
+        .arg("--no-out-link")
+        .args(["--argstr", "nix", &r.nix])
+        .args(["--argstr", "bb", &r.bb])
+        .args(["--argstr", "self", &me])
+        .args(["--argstr", "levels", levels])
+        .run_unchecked()
+}
+
+#[test]
+fn nesting_deeper_than_the_build_users_fails_instead_of_hanging() {
+    let Some(r) = Rec::start(Setup {
+        options: &[("recursive-nix-max-depth", "32")],
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    // The pool is every member of the group (a private group may have more members than
+    // this test asked for). One level per build user, plus one: the last level waits for a
+    // user while all of them are held by the levels above it, none of which can end.
+    let group = r.store.build_users().unwrap().group().to_owned();
+    let (_, members) = nixnest_testkit::users::lookup_group(&group).unwrap();
+    let n = members.len();
+    let out = build_levels(&r, &(n + 1).to_string());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let waiting_parent = r.paths_named(&format!("level-{n}-of-{}.drv", n + 1));
+    assert_eq!(waiting_parent.len(), 1, "{stderr}");
+    let expected = format!(
+        "no build user can become free for a nested build of '{}': all {n} build users are held by builds that wait for nested builds ({n} by this build and the builds it runs inside)",
+        waiting_parent[0]
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        eventually(WAIT, || r.running_builds().is_empty()
+            && r.busy_build_users() == 0),
+        "{:?}",
+        r.running_builds()
+    );
+}
+
+#[test]
+fn without_the_experimental_feature_like_upstream() {
+    if let Some(why) = recursive_support::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let store = TestStore::builder()
+        .sandbox(true)
+        .build_users(BuildUsers::private(1))
+        .build();
+    let probe = Derivation::new("wants-recursive-nix", "echo > $out")
+        .attr("requiredSystemFeatures", r#"[ "recursive-nix" ]"#);
+    let expr = store.write_expr("probe.nix", &probe.to_nix());
+    let refusal = |d: &Daemon| {
+        let out = store
+            .client(Client::Host)
+            .daemon(d)
+            .command("nix-build")
+            .arg(&expr)
+            .arg("--no-out-link")
+            .run_unchecked();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{stderr}");
+        stderr
+            .lines()
+            .find(|l| l.contains("with features {recursive-nix} is required to build"))
+            .unwrap_or_else(|| panic!("{}: {stderr}", d.name()))
+            .to_owned()
+    };
+    let upstream = refusal(&store.nix_daemon(Client::Host).start());
+    let ours = refusal(
+        &store
+            .daemon("nixnest", try_cargo_bin("nixnest-daemon").unwrap())
+            .start(),
+    );
+    assert_eq!(ours, upstream);
 }
 
 /// An outer build that tries what its view forbids and reports what happened.

@@ -281,6 +281,19 @@ impl<'a> Exec<'a> {
                 ".drv file"
             }
         );
+        // Recursive Nix: a build asked for (directly or as a dependency) from inside its
+        // own build would wait for itself.
+        if let Some(msg) = self
+            .req
+            .view
+            .as_ref()
+            .and_then(|v| v.cycle_message(&node.drv_path))
+        {
+            let failed = Finished::failure(BuildStatus::MiscFailure, msg);
+            return self
+                .finish(rep, i, Outcome::Finished(Arc::new(failed)))
+                .await;
+        }
         let spec = JobSpec {
             drv_path: node.drv_path.clone(),
             drv,

@@ -282,6 +282,23 @@ impl BuildView {
         self.children_waiting_for_user.load(Ordering::SeqCst)
     }
 
+    /// Why building `drv` for a session of this build cannot work: it is this build or
+    /// one it runs inside of, so it would wait for itself (CppNix would wait forever for
+    /// the output locks).
+    pub fn cycle_message(&self, drv: &StorePath) -> Option<String> {
+        let mut at = Some(self);
+        while let Some(v) = at {
+            if v.drv_path == *drv {
+                return Some(format!(
+                    "cannot build '{}' in recursive Nix: it is being built already, by a build this one runs inside of",
+                    v.printed
+                ));
+            }
+            at = v.parent.as_deref();
+        }
+        None
+    }
+
     /// How many builds of this chain (this one and its ancestors) hold a build user.
     pub fn ancestors_with_users(&self) -> usize {
         let mut n = 0;
