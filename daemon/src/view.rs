@@ -21,7 +21,7 @@
 //! | QueryValidDerivers | unsupported (derivers are censored) |
 //! | QueryDerivationOutputs/OutputNames/OutputMap | visible derivations only |
 //! | QueryPathFromHashPart | refused (an error; the session goes on) |
-//! | AddToStore, AddTextToStore, AddToStoreNar, AddMultipleToStore, ImportPaths | allowed, as an untrusted client (signatures checked; content-addressed paths pass); references must be visible; the new path joins the view and appears in the sandbox before the reply |
+//! | AddToStore, AddTextToStore, AddToStoreNar, AddMultipleToStore, ImportPaths | allowed, as an untrusted client (signatures checked; content-addressed paths pass); references must be visible (checked before adding, and again when the path joins the view: an import naming a hidden path is refused and stays hidden); the new path joins the view and appears in the sandbox before the reply |
 //! | NarFromPath, ExportPath | visible paths only |
 //! | EnsurePath | visible paths only ("cannot substitute unknown path … in recursive Nix"), then a no-op |
 //! | BuildPaths, BuildPathsWithResults | every path named must be visible ("cannot build '…' in recursive Nix because path is unknown"), normal mode only ("unsupported build mode"), depth limit; built as nested builds; the closure of the built outputs joins the view |

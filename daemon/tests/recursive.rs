@@ -176,6 +176,15 @@ impl Fixture {
     }
 
     fn connection(&self, stream: UnixStream, access: Access) -> Connection<UnixStream> {
+        self.connection_with(stream, access, Arc::clone(&self.settings))
+    }
+
+    fn connection_with(
+        &self,
+        stream: UnixStream,
+        access: Access,
+        settings: Arc<Settings>,
+    ) -> Connection<UnixStream> {
         static ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
         let id = ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Connection {
@@ -183,7 +192,7 @@ impl Fixture {
             stream,
             peer: None,
             access,
-            settings: Arc::clone(&self.settings),
+            settings,
             shutdown: self.trigger.subscribe(),
             session: self.registry.register_session(id, None, access),
         }
@@ -191,9 +200,20 @@ impl Fixture {
 
     /// A client in `view`'s session (the session runs on its own task).
     async fn connect(&self, view: &Arc<BuildView>, features: &FeatureSet) -> Client {
+        self.connect_with(view, features, Arc::clone(&self.settings))
+            .await
+    }
+
+    /// The same, with other daemon settings.
+    async fn connect_with(
+        &self,
+        view: &Arc<BuildView>,
+        features: &FeatureSet,
+        settings: Arc<Settings>,
+    ) -> Client {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let permit = view.try_session().expect("a session slot");
-        let conn = self.connection(theirs, Access::BuildUser { uid: 30001 });
+        let conn = self.connection_with(theirs, Access::BuildUser { uid: 30001 }, settings);
         tokio::spawn(session::serve_in_view(
             Arc::clone(&self.shared),
             conn,
@@ -381,6 +401,41 @@ async fn the_restricted_op_table() {
     );
     assert!(e.msg.contains("lacks a signature"), "{e}");
     assert!(!c.is_valid_path(&unsigned).await.unwrap());
+
+    // An import naming a hidden path (export records carry no signatures, so only a daemon
+    // with `require-sigs = false` lets the import through): in the store, but it does not
+    // join the view.
+    let sneaky = fx.add_text("sneaky", "refers to the hidden path", &[&hidden]);
+    let mut export = Vec::new();
+    fx.store
+        .export_paths(std::slice::from_ref(&sneaky), &mut export)
+        .unwrap();
+    let e = remote(
+        c.call_pulled(&Request::ImportPaths, &mut &export[..])
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.msg.contains("lacks a signature"), "{e}");
+    let mut lax = (*fx.settings).clone();
+    lax.require_sigs = false;
+    let mut c2 = fx
+        .connect_with(&view, &FeatureSet::new(), Arc::new(lax))
+        .await;
+    let e = remote(
+        c2.call_pulled(&Request::ImportPaths, &mut &export[..])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e.msg,
+        format!(
+            "path '{}' refers to '{}', which this build cannot see (recursive Nix)",
+            fx.print(&sneaky),
+            fx.print(&hidden)
+        )
+    );
+    assert!(!c2.is_valid_path(&sneaky).await.unwrap());
+    assert!(!view.is_visible(&sneaky));
 
     // Roots and the collector: no-ops.
     c.add_temp_root(&hidden).await.unwrap();

@@ -28,6 +28,10 @@ pub enum ViewError {
         drv: String,
         reason: String,
     },
+    #[error("path '{path}' refers to '{reference}', which this build cannot see (recursive Nix)")]
+    HiddenReference { path: String, reference: String },
+    #[error("path '{0}' is not valid")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] nixnest_store::Error),
 }
@@ -155,11 +159,33 @@ impl BuildView {
     }
 
     /// Makes the valid path `path` part of the view: temp-rooted for the rest of the build,
-    /// present in the sandbox, then visible. A no-op for a visible path.
+    /// present in the sandbox, then visible. A no-op for a visible path. Its references
+    /// must be visible already: the view stays closed under references, so nothing the
+    /// build cannot see is reachable from what it can (a path a session imported that
+    /// names a hidden one stays hidden, though it is in the store).
     pub fn add(&self, path: &StorePath) -> Result<(), ViewError> {
         if self.is_visible(path) {
             return Ok(());
         }
+        let info = self
+            .store
+            .query_path_info(path)?
+            .ok_or_else(|| ViewError::Invalid(self.store.print(path)))?;
+        if let Some(hidden) = info
+            .references
+            .iter()
+            .find(|r| *r != path && !self.is_visible(r))
+        {
+            return Err(ViewError::HiddenReference {
+                path: self.store.print(path),
+                reference: self.store.print(hidden),
+            });
+        }
+        self.add_checked(path)
+    }
+
+    /// [`Self::add`] for a path whose references are known to be (or become) visible.
+    fn add_checked(&self, path: &StorePath) -> Result<(), ViewError> {
         let _serial = lock(&self.materialise);
         let (handle, roots) = {
             let st = lock(&self.state);
@@ -185,11 +211,12 @@ impl BuildView {
         Ok(())
     }
 
-    /// Adds every path of the closure of `paths` (built outputs).
+    /// Adds every path of the closure of `paths` (built outputs); a closure is closed
+    /// under references by definition.
     pub fn add_closure(&self, paths: &BTreeSet<StorePath>) -> Result<(), ViewError> {
         let closure = self.store.compute_closure(paths, false, false, false)?;
         for p in &closure {
-            self.add(p)?;
+            self.add_checked(p)?;
         }
         Ok(())
     }

@@ -18,7 +18,11 @@
 //! # A build's view ([`BuildView`])
 //!
 //! * **Visible paths** = the build's input closure ∪ every path added or built during the
-//!   build by any of its sessions. Invisible paths answer as invalid.
+//!   build by any of its sessions. Invisible paths answer as invalid. The set is closed
+//!   under references (a path joins only when its references are visible; built outputs
+//!   join with their closure), so no visible path leads to a hidden one. (CppNix does not
+//!   check the references of additions: there a text path naming any store path, then a
+//!   derivation depending on it, brings that path into a nested sandbox.)
 //! * **New paths appear in the running sandbox** (the builder crate's
 //!   [`SandboxHandle::make_visible`](nixnest_build::SandboxHandle::make_visible)) before the
 //!   operation that added them replies, so the client can read them at once.
