@@ -346,6 +346,7 @@ async fn cancellation_kills_the_build_and_frees_its_user() {
     require_env!();
     // One build user: the next build can only run once the first one gave it back.
     let fx = Fx::new(1, 2);
+    let (only_uid, _locks) = fx.single_user();
     let drvs = fx.instantiate(
         "cancel.nix",
         &format!(
@@ -374,7 +375,7 @@ async fn cancellation_kills_the_build_and_frees_its_user() {
     assert_eq!(status.builds.len(), 1);
     assert_eq!(status.builds[0].drv_path, fx.store.print(long));
     let uid = status.builds[0].build_uid.expect("a build user");
-    assert!(fx.ts.build_users().unwrap().contains_uid(uid));
+    assert_eq!(uid, only_uid);
     assert!(!processes_of_uid(uid).is_empty());
 
     // The client goes away.
@@ -432,6 +433,39 @@ async fn cancellation_kills_the_build_and_frees_its_user() {
         r[0].result.error_msg
     );
     assert!(fx.valid(&fx.out_path(shared)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_wait_for_a_free_build_user() {
+    require_env!();
+    // Two slots, one build user: the second build waits for the user, not a thread.
+    let fx = Fx::new(1, 2);
+    let (_uid, _locks) = fx.single_user();
+    let drvs = fx.instantiate(
+        "uid.nix",
+        &format!(
+            "[ ({}) ({}) ]",
+            drv_expr("u1", "sleep 1; echo 1 > $out", &[]),
+            drv_expr("u2", "sleep 1; echo 2 > $out", &[]),
+        ),
+    );
+    let req = fx.request(&[&drvs[0], &drvs[1]], |s| {
+        s.set("max-jobs", "2").unwrap();
+    });
+    let (res, msgs) = results(&fx, req).await;
+    assert!(
+        res.values().all(|r| r.status == BuildStatus::Built),
+        "{res:?}"
+    );
+    let stats = fx.sched.stats();
+    assert_eq!(stats.builds_started, 2);
+    assert_eq!(stats.peak_running, 1, "two builds ran as one build user");
+    let waiting = activities(&msgs, ActivityType::BuildWaiting);
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert!(
+        waiting[0].starts_with("waiting for UID to build '"),
+        "{waiting:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,4 +567,23 @@ async fn query_missing_equals_nix_daemon_2_8() {
         let ours = fx.sched.query_missing(targets.clone()).await.unwrap();
         assert_eq!(ours, theirs, "QueryMissing {targets:?}");
     }
+
+    // What needs no build is answered alike too: statuses, texts, DrvOutput ids,
+    // realisations, and the order of the results.
+    let targets = vec![
+        p(format!("{}!out", pr(a))),
+        p(format!("{}!*", pr(a))),
+        p(pr(&fx.out_path(a))),
+        p(format!("{}/00000000000000000000000000000000-gone", sd)),
+    ];
+    let theirs = client
+        .build_paths_with_results(&targets, BuildMode::Normal)
+        .await
+        .unwrap();
+    let mut req = fx.request(&[], |_| {});
+    req.targets = targets;
+    let sched = Arc::clone(&fx.sched);
+    let (ours, _) =
+        collect(|tx| async move { sched.build_paths_with_results(&req, &tx).await }).await;
+    assert_eq!(ours.unwrap(), theirs);
 }

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use builds_support::{drv_expr, processes_of_uid, skip_reason, wait_for};
+use builds_support::{drv_expr, processes_of_uid, single_user, skip_reason, wait_for};
 use nixnest_core::{DerivedPath, OutputsSpec, StoreDir, StorePath};
 use nixnest_protocol::client::UnixDaemonClient;
 use nixnest_protocol::stderr::{ActivityType, Field, ResultType, StderrMessage};
@@ -210,6 +210,7 @@ async fn two_sessions_share_one_build_and_a_hang_up_cancels() {
     }
     // One build user: what the hung-up build held must come back.
     let fx = Fx::new(1);
+    let (only_uid, _locks) = single_user(&fx.store);
     let drvs = fx.instantiate(
         "share.nix",
         &[
@@ -279,6 +280,7 @@ async fn two_sessions_share_one_build_and_a_hang_up_cancels() {
     let listed = builds(&fx.store);
     assert_eq!(listed[0].0, fx.sd.print(long));
     let uid = u32::try_from(listed[0].1.expect("a build user")).unwrap();
+    assert_eq!(uid, only_uid);
     wait_for("the builder's processes", Duration::from_secs(20), || {
         !processes_of_uid(uid).is_empty()
     })

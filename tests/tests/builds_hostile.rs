@@ -192,6 +192,17 @@ fn hostile_builds_end_cleanly() {
         );
         let err = fx.same_error(
             client,
+            &format!("features-{tag}.nix"),
+            &Derivation::new(&format!("features-{tag}"), "echo > $out")
+                .attr("requiredSystemFeatures", r#"[ "gpu" "bogus" ]"#)
+                .to_nix(),
+        );
+        assert!(
+            err.contains("with features {bogus, gpu} is required to build"),
+            "{err}"
+        );
+        let err = fx.same_error(
+            client,
             &format!("nochroot-{tag}.nix"),
             &Derivation::new(&format!("nochroot-{tag}"), "echo > $out")
                 .attr("__noChroot", "true")

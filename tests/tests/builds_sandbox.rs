@@ -219,6 +219,18 @@ fn failures_match_nix_daemon_2_8() {
         assert!(err.contains("timed out after 2 seconds"), "{err}");
         let left = processes_with(&marker);
         assert!(left.is_empty(), "{client}: processes left: {left:?}");
+        let quiet = Derivation::new(&format!("quiet-{tag}"), "echo started; sleep 1000").to_nix();
+        let (ours, theirs) = p.build(
+            client,
+            &format!("quiet-{tag}.nix"),
+            &quiet,
+            &["--max-silent-time", "1"],
+        );
+        let err = p.same_failure(client, "max-silent-time", &ours, &theirs);
+        assert!(
+            err.contains("timed out after 1 seconds of silence"),
+            "{err}"
+        );
         assert!(leftovers(&p.ours).is_empty(), "{:?}", leftovers(&p.ours));
     }
 }

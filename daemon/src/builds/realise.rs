@@ -584,23 +584,31 @@ impl Scheduler {
         Ok((results, flags))
     }
 
-    /// BuildPathsWithResults (46): one result per requested path (duplicates merged), in
-    /// CppNix's goal order; failures are statuses.
+    /// BuildPathsWithResults (46): one result per CppNix goal, in goal order; failures
+    /// are statuses. As in CppNix, paths naming the same derivation are one goal: its
+    /// result carries the first path asked for and the outputs all of them wanted.
     pub async fn build_paths_with_results(
         self: &Arc<Self>,
         req: &BuildRequest,
         sink: &Sink,
     ) -> Result<Vec<KeyedBuildResult>> {
         let (results, _) = self.realise(req, sink).await?;
-        let mut seen = BTreeSet::new();
-        Ok(results
-            .into_iter()
-            .filter(|r| seen.insert(r.path.clone()))
-            .map(|r| KeyedBuildResult {
-                path: r.path,
-                result: r.result,
-            })
-            .collect())
+        let mut out: Vec<(String, KeyedBuildResult)> = Vec::new();
+        for r in results {
+            match out.last_mut() {
+                Some((key, merged)) if *key == r.key => {
+                    merged.result.built_outputs.extend(r.result.built_outputs);
+                }
+                _ => out.push((
+                    r.key,
+                    KeyedBuildResult {
+                        path: r.path,
+                        result: r.result,
+                    },
+                )),
+            }
+        }
+        Ok(out.into_iter().map(|(_, r)| r).collect())
     }
 
     /// BuildPaths (9): `Ok` if everything is valid now; otherwise CppNix's error (see

@@ -26,7 +26,7 @@
 //!   wait until one of our builds ends (or `build-poll-interval` passes, for users taken
 //!   by another daemon on the same store), showing CppNix's
 //!   "waiting for UID to build '…'" activity meanwhile.
-//! * **Cancellation.** An [`Attachment`] is a request's interest in a build. When the last
+//! * **Cancellation.** An `Attachment` is a request's interest in a build. When the last
 //!   one is dropped (the client went away, or its request stopped after a failure without
 //!   `keep-going`) before the build finished, the build is cancelled: if it is still
 //!   waiting it never starts; if it runs, the builder kills it (MiscFailure "interrupted by
@@ -34,7 +34,11 @@
 //!   still waits for goes on.
 //! * Each running build is listed in the [`Registry`] (`nixnest-daemon status`) with its
 //!   build user's uid, so a connection from that uid can be mapped to its build.
-//! * Log lines reach a request through its [`Inbox`]: control events (started, finished)
+//! * The build log (`keep-build-log`) is written by the build thread, raw, to
+//!   `<log dir>/drvs/<2>/<rest>.bz2` (replacing an older log of the derivation, failed
+//!   builds included), where `nix log` and `nix-store -l` read it. It is always
+//!   bzip2-compressed: `compress-build-log = false` is not honoured (readers take both).
+//! * Log lines reach a request through its `Inbox`: control events (started, finished)
 //!   are never dropped; log lines beyond [`INBOX_LINE_BYTES`] queued for a client that
 //!   reads too slowly are dropped for that client only (and counted), so one stalled
 //!   client never stalls a build others wait for. The log file gets everything.
@@ -180,7 +184,12 @@ impl Scheduler {
         dedupe: bool,
     ) -> Attached {
         let mut map = lock(&self.inflight);
-        if dedupe && let Some(entry) = map.get(&spec.drv_path) {
+        // A cancelled build is being killed: a new request gets a new build (which waits
+        // for the old one's output locks).
+        if dedupe
+            && let Some(entry) = map.get(&spec.drv_path)
+            && !entry.cancel.is_cancelled()
+        {
             let mut sh = lock(&entry.shared);
             if let Some(f) = &sh.finished {
                 return Attached::Finished(Arc::clone(f));
@@ -239,15 +248,19 @@ impl Scheduler {
                 sh.subscribers.swap_remove(pos);
             }
             sh.waiters = sh.waiters.saturating_sub(1);
-            sh.waiters == 0 && sh.finished.is_none()
+            // Decided under the lock `attach` takes too, so nobody joins a doomed build.
+            let cancel = sh.waiters == 0 && sh.finished.is_none();
+            if cancel {
+                entry.cancel_flag.store(true, Ordering::SeqCst);
+                entry.cancel.cancel();
+            }
+            cancel
         };
         if cancel {
             tracing::info!(
                 "nobody waits for '{}' any more: cancelling its build",
                 entry.printed
             );
-            entry.cancel_flag.store(true, Ordering::SeqCst);
-            entry.cancel.cancel();
             self.forget(entry);
         }
     }

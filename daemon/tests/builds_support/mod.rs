@@ -114,6 +114,11 @@ impl Fx {
         }
     }
 
+    /// See [`single_user`].
+    pub fn single_user(&self) -> (u32, Vec<std::fs::File>) {
+        single_user(&self.ts)
+    }
+
     /// Instantiates `expr` (a derivation or a list of them) with the real
     /// `nix-instantiate`; the `.drv` paths in order.
     pub fn instantiate(&self, file: &str, expr: &str) -> Vec<StorePath> {
@@ -151,6 +156,36 @@ impl Fx {
         tweak(&mut s);
         BuildRequest::new(drvs.iter().map(|d| built(d)).collect(), Arc::new(s))
     }
+}
+
+/// Leaves the daemon exactly one build user: the group may list more members than
+/// asked for (a group made by an earlier run for more users), so every member but the
+/// first is taken here, by holding its lock in this store's `userpool` (as a build
+/// would). Returns the free user's uid and the locks to keep.
+pub fn single_user(ts: &TestStore) -> (u32, Vec<std::fs::File>) {
+    use rustix::fs::{FlockOperation, flock};
+    let group = ts.build_users().expect("a store with build users").group();
+    let (_, members) = nixnest_testkit::users::lookup_group(group).unwrap();
+    let uids: Vec<u32> = members
+        .iter()
+        .map(|m| nixnest_testkit::users::lookup_user(m).unwrap().uid)
+        .collect();
+    let dir = ts.state_dir().join("userpool");
+    std::fs::create_dir_all(&dir).unwrap();
+    let locks = uids[1..]
+        .iter()
+        .map(|uid| {
+            let f = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(uid.to_string()))
+                .unwrap();
+            flock(&f, FlockOperation::NonBlockingLockExclusive).unwrap();
+            f
+        })
+        .collect();
+    (uids[0], locks)
 }
 
 /// `drv!out`.

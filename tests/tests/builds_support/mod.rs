@@ -290,8 +290,29 @@ pub fn dag_deps(i: usize) -> Vec<usize> {
 }
 
 /// Checks the outputs of a [`dag_expr`] build (`paths` = nix-build's output, in order):
-/// contents, and references as `nix-store -q --references` reports them through `daemon`.
+/// contents, and references as `nix-store -q --references` reports them through `daemon`
+/// (one `nix-store` per path, all run by one shell so the chroot is entered once).
 pub fn check_dag(store: &TestStore, client: Client, daemon: &Daemon, tag: &str, paths: &[String]) {
+    let script: String = paths
+        .iter()
+        .map(|p| format!("echo '== {p}'; nix-store -q --references {p} || exit 1\n"))
+        .collect();
+    let listing = store
+        .client(client)
+        .daemon(daemon)
+        .command("sh")
+        .args(["-c", &script])
+        .run();
+    let mut refs: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    let mut current = None;
+    for line in listing.lines() {
+        if let Some(p) = line.strip_prefix("== ") {
+            current = Some(p);
+            refs.entry(p).or_default();
+        } else if let Some(p) = current {
+            refs.entry(p).or_default().push(line.to_owned());
+        }
+    }
     for (i, p) in paths.iter().enumerate() {
         let dir = Path::new(p);
         assert_eq!(
@@ -305,17 +326,11 @@ pub fn check_dag(store: &TestStore, client: Client, daemon: &Daemon, tag: &str, 
             .map(str::to_owned)
             .collect();
         assert_eq!(listed, deps);
-        let refs = store
-            .client(client)
-            .daemon(daemon)
-            .command("nix-store")
-            .args(["-q", "--references", p])
-            .run();
-        let mut refs: Vec<String> = refs.lines().map(str::to_owned).collect();
-        refs.sort();
+        let mut got = refs.get(p.as_str()).cloned().unwrap_or_default();
+        got.sort();
         let mut want = deps.clone();
         want.sort();
-        assert_eq!(refs, want, "references of {p}");
+        assert_eq!(got, want, "{client}: references of {p}");
     }
 }
 
