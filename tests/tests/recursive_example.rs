@@ -139,10 +139,30 @@ impl Example {
             .command(program)
     }
 
-    /// `nix-build outer.nix` through the daemon; whatever happens.
+    /// `nix-build outer.nix` through the daemon with the host's client; whatever happens.
     fn build_outer(&self) -> Output {
-        let mut cmd = self.nix("nix-build");
-        cmd.arg(example_dir().join("outer.nix"))
+        self.build_outer_with(Client::Host)
+    }
+
+    /// `nix-build outer.nix` through the daemon with `client` outside; whatever happens.
+    fn build_outer_with(&self, client: Client) -> Output {
+        let example = if client == Client::Host {
+            example_dir()
+        } else {
+            // A chroot client sees the test root only.
+            let dir = self.store.root().join("example");
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["outer.nix", "inner.nix"] {
+                std::fs::copy(example_dir().join(f), dir.join(f)).unwrap();
+            }
+            dir
+        };
+        let mut cmd = self
+            .store
+            .client(client)
+            .daemon(&self.daemon)
+            .command("nix-build");
+        cmd.arg(example.join("outer.nix"))
             .arg("--no-out-link")
             .args(["--argstr", "nix", &self.nix])
             .args(["--argstr", "bb", &self.bb]);
@@ -315,6 +335,22 @@ fn seed_style_refused_by_nix_daemon_2_34() {
 #[test]
 fn seed_style_nixnest() {
     seed_style(DaemonKind::Nixnest);
+}
+
+/// Both channels with Nix 2.34 outside (the builds inside still run the 2.8 bundle).
+#[test]
+fn nixnest_with_client_2_34_outside() {
+    if !Client::Sid.is_available() {
+        eprintln!("SKIPPED: the sid chroot is missing (run tests/prepare-clients)");
+        return;
+    }
+    for channel in [Channel::PerBuild, Channel::Seed] {
+        let Some(example) = DaemonKind::Nixnest.prepare(channel) else {
+            return;
+        };
+        let out = example.build_outer_with(Client::Sid);
+        example.assert_recursive_build_worked(&out);
+    }
 }
 
 /// Off by default: nixnest refuses the build user as CppNix does.

@@ -249,6 +249,7 @@ fn probe_the_view(r: &Rec) {
         "probe.nix",
         &["hidden"],
         r#"lib.outer "probe" ''
+          echo "socket: $(stat -c '%F %a %U' /build/.nix-socket 2>/dev/null || echo none)"
           if nix-store -q --references ${hidden} 2>$TMPDIR/err; then echo "query: visible"
           else echo "query: $(cat $TMPDIR/err)"; fi
           if nix-store -q --hash ${hidden} 2>/dev/null; then echo "hash: visible"
@@ -272,6 +273,9 @@ fn probe_the_view(r: &Rec) {
             .unwrap_or_else(|| panic!("no {prefix:?} line:\n{stderr}"))
             .to_owned()
     };
+    // The per-build socket: private to the build user (`nixbld` inside the sandbox).
+    let socket = if r.seed { "none" } else { "socket 600 nixbld" };
+    assert_eq!(line("socket: "), socket);
     assert_eq!(
         line("query: "),
         format!("error: path '{hidden}' is not valid")
