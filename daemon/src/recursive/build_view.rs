@@ -256,7 +256,7 @@ impl BuildView {
     pub fn close_and_wait(&self, timeout: std::time::Duration) -> bool {
         self.close();
         let start = std::time::Instant::now();
-        while self.sessions.available_permits() < MAX_SESSIONS_PER_BUILD {
+        while self.open_sessions() > 0 {
             if start.elapsed() >= timeout {
                 tracing::warn!(
                     "recursive Nix: sessions of '{}' still open {timeout:?} after its builder exited",
@@ -290,6 +290,11 @@ impl BuildView {
     /// A session slot, or `None` when the build has [`MAX_SESSIONS_PER_BUILD`] open.
     pub fn try_session(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.sessions).try_acquire_owned().ok()
+    }
+
+    /// How many sessions of the build are open.
+    pub fn open_sessions(&self) -> usize {
+        MAX_SESSIONS_PER_BUILD.saturating_sub(self.sessions.available_permits())
     }
 
     /// The slots for builds started by this build's sessions (see the module docs).
