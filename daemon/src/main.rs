@@ -17,6 +17,7 @@ use nixnest_daemon::cli::{self, Cli, Command, TrustOverride};
 use nixnest_daemon::config::{self, ConfigEnv, Settings};
 use nixnest_daemon::control::{self, Registry};
 use nixnest_daemon::listener::{self, ActivatedSocket, Listener, ListenerConfig};
+use nixnest_daemon::recursive::{self, ServeContext};
 use nixnest_daemon::session::Worker;
 use nixnest_store::{LocalStore, PublicKey, StoreConfig};
 
@@ -286,9 +287,16 @@ async fn serve_socket(
             vec![socket]
         }
     };
+    if settings.allow_build_user_connections {
+        // Seed-style recursive Nix: build users must reach the socket.
+        for warning in recursive::prepare_seed_socket(&settings) {
+            tracing::warn!("{warning}");
+        }
+    }
 
     let mut config = ListenerConfig::from_settings(&settings);
     config.force_untrusted = trust == TrustOverride::ForceUntrusted;
+    let shared = Arc::clone(worker.shared());
     let listener = Listener::new(
         sockets,
         Arc::clone(&settings),
@@ -296,6 +304,13 @@ async fn serve_socket(
         Arc::new(worker),
         config,
     )?;
+    shared.recursive.install(ServeContext {
+        shared: Arc::downgrade(&shared),
+        settings: Arc::clone(&settings),
+        registry: Arc::clone(&registry),
+        shutdown: listener.subscribe_shutdown(),
+        runtime: tokio::runtime::Handle::current(),
+    });
 
     let control_path = control::control_socket_path(&settings.state_dir);
     match control::bind_control_socket(&control_path) {

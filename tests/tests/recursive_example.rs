@@ -15,12 +15,14 @@
 //!
 //! The baseline is CppNix: `nix-daemon` 2.8 (host) and 2.34 (sid chroot) serve the per-build
 //! socket, and refuse seed style because the peer is a build user. The nixnest cases use the
-//! same code with [`DaemonKind::Nixnest`]; they skip, saying why, while nixnest-daemon is not
-//! built, does not serve the worker protocol, or does not offer the `recursive-nix` system
-//! feature (see [`nixnest_lacks_recursive_nix`]). Once it does, they hold nixnest to the
-//! recursive-Nix issue: both channels must work, seed style included
+//! same code with [`DaemonKind::Nixnest`] (they skip, saying why, only while nixnest-daemon
+//! is not built): both channels must work, seed style included
 //! (`allow-build-user-connections = true`), with the inner output visible in the outer
-//! sandbox and recorded as a reference.
+//! sandbox and recorded as a reference; without that setting nixnest refuses seed style
+//! exactly as CppNix does. `examples/recursive/run` (the README's command) is run with
+//! nix-daemon 2.8 and with nixnest, in both channels.
+//!
+//! More of recursive Nix with nixnest is in `recursive_nixnest.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ enum DaemonKind {
     CppNix(Client),
     /// `nixnest-daemon` as built by cargo.
     Nixnest,
+    /// `nixnest-daemon` without `allow-build-user-connections`.
+    NixnestDefault,
 }
 
 /// How the outer build reaches a daemon.
@@ -92,7 +96,7 @@ impl DaemonKind {
         }
         let daemon = match self {
             DaemonKind::CppNix(client) => store.nix_daemon(client).start(),
-            DaemonKind::Nixnest => {
+            DaemonKind::Nixnest | DaemonKind::NixnestDefault => {
                 let Some(program) = try_cargo_bin("nixnest-daemon") else {
                     eprintln!(
                         "SKIPPED: nixnest-daemon is not built (cargo build -p nixnest-daemon)"
@@ -100,15 +104,10 @@ impl DaemonKind {
                     return None;
                 };
                 let mut spec = store.daemon("nixnest", program);
-                if channel == Channel::Seed {
+                if channel == Channel::Seed && matches!(self, DaemonKind::Nixnest) {
                     spec = spec.option("allow-build-user-connections", "true");
                 }
-                let daemon = spec.start();
-                if let Some(why) = nixnest_lacks_recursive_nix(&store, &daemon) {
-                    eprintln!("SKIPPED: {why}");
-                    return None;
-                }
-                daemon
+                spec.start()
             }
         };
         let nix = |program: &str| store.client(Client::Host).daemon(&daemon).command(program);
@@ -131,38 +130,6 @@ impl DaemonKind {
     }
 }
 
-/// Why nixnest cannot run the example yet, if it cannot: it does not serve the worker
-/// protocol, or does not offer the `recursive-nix` system feature (which CppNix adds by itself
-/// when the experimental feature is on) and so refuses the outer derivation up front. Any other
-/// failure is the test's to report.
-fn nixnest_lacks_recursive_nix(store: &TestStore, daemon: &Daemon) -> Option<String> {
-    let nix = |program: &str| store.client(Client::Host).daemon(daemon).command(program);
-    let ping = nix("nix").args(["store", "ping"]).run_unchecked();
-    if !ping.status.success() {
-        return Some(format!(
-            "nixnest-daemon does not serve the worker protocol yet (`nix store ping`: {})",
-            String::from_utf8_lossy(&ping.stderr)
-                .trim()
-                .replace('\n', " / ")
-        ));
-    }
-    let probe = Derivation::new("feature-probe", "echo > $out")
-        .attr("requiredSystemFeatures", r#"[ "recursive-nix" ]"#);
-    let expr = store.write_expr("feature-probe.nix", &probe.to_nix());
-    let out = nix("nix-build")
-        .arg(&expr)
-        .arg("--no-out-link")
-        .run_unchecked();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && stderr.contains("features {recursive-nix} is required to build") {
-        return Some(format!(
-            "nixnest-daemon does not offer the recursive-nix system feature yet: {}",
-            stderr.trim().replace('\n', " / ")
-        ));
-    }
-    None
-}
-
 impl Example {
     /// The host client, through the daemon.
     fn nix(&self, program: &str) -> Command {
@@ -172,10 +139,30 @@ impl Example {
             .command(program)
     }
 
-    /// `nix-build outer.nix` through the daemon; whatever happens.
+    /// `nix-build outer.nix` through the daemon with the host's client; whatever happens.
     fn build_outer(&self) -> Output {
-        let mut cmd = self.nix("nix-build");
-        cmd.arg(example_dir().join("outer.nix"))
+        self.build_outer_with(Client::Host)
+    }
+
+    /// `nix-build outer.nix` through the daemon with `client` outside; whatever happens.
+    fn build_outer_with(&self, client: Client) -> Output {
+        let example = if client == Client::Host {
+            example_dir()
+        } else {
+            // A chroot client sees the test root only.
+            let dir = self.store.root().join("example");
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["outer.nix", "inner.nix"] {
+                std::fs::copy(example_dir().join(f), dir.join(f)).unwrap();
+            }
+            dir
+        };
+        let mut cmd = self
+            .store
+            .client(client)
+            .daemon(&self.daemon)
+            .command("nix-build");
+        cmd.arg(example.join("outer.nix"))
             .arg("--no-out-link")
             .args(["--argstr", "nix", &self.nix])
             .args(["--argstr", "bb", &self.bb]);
@@ -226,13 +213,8 @@ impl Example {
             .find_map(|l| l.strip_prefix("outer: NIX_REMOTE="))
             .unwrap_or_else(|| panic!("no NIX_REMOTE line in the build log:\n{stderr}"));
         match (self.kind, self.channel) {
-            (DaemonKind::CppNix(_), Channel::PerBuild) => {
-                assert_eq!(remote_line, "unix:///build/.nix-socket")
-            }
+            (_, Channel::PerBuild) => assert_eq!(remote_line, "unix:///build/.nix-socket"),
             (_, Channel::Seed) => assert_eq!(remote_line, self.daemon.uri()),
-            (DaemonKind::Nixnest, Channel::PerBuild) => {
-                assert!(remote_line.starts_with("unix:///"), "{remote_line}")
-            }
         }
         assert!(
             stderr.contains(&format!("outer: inner nix-build returned {inner}\n")),
@@ -318,7 +300,9 @@ fn seed_style(kind: DaemonKind) {
     };
     let out = example.build_outer();
     match kind {
-        DaemonKind::CppNix(_) => example.assert_seed_style_refused(&out),
+        DaemonKind::CppNix(_) | DaemonKind::NixnestDefault => {
+            example.assert_seed_style_refused(&out)
+        }
         DaemonKind::Nixnest => example.assert_recursive_build_worked(&out),
     }
 }
@@ -353,19 +337,35 @@ fn seed_style_nixnest() {
     seed_style(DaemonKind::Nixnest);
 }
 
-/// `examples/recursive/run --daemon nix-daemon` (the README's command with the baseline
-/// daemon): prints the inner output's contents and the outer output's references, and
-/// removes its store afterwards.
+/// Both channels with Nix 2.34 outside (the builds inside still run the 2.8 bundle).
 #[test]
-fn run_script_with_nix_daemon_2_8() {
+fn nixnest_with_client_2_34_outside() {
+    if !Client::Sid.is_available() {
+        eprintln!("SKIPPED: the sid chroot is missing (run tests/prepare-clients)");
+        return;
+    }
+    for channel in [Channel::PerBuild, Channel::Seed] {
+        let Some(example) = DaemonKind::Nixnest.prepare(channel) else {
+            return;
+        };
+        let out = example.build_outer_with(Client::Sid);
+        example.assert_recursive_build_worked(&out);
+    }
+}
+
+/// Off by default: nixnest refuses the build user as CppNix does.
+#[test]
+fn seed_style_refused_by_nixnest_by_default() {
+    seed_style(DaemonKind::NixnestDefault);
+}
+
+/// `examples/recursive/run` with `args`: prints the inner output's contents and the outer
+/// output's references, and removes its store afterwards.
+fn run_script(args: &[&str]) {
     let users = BuildUsers::private(2);
     let out = Command::new(example_dir().join("run"))
-        .args([
-            "--daemon",
-            "nix-daemon",
-            "--build-users-group",
-            users.group(),
-        ])
+        .args(args)
+        .args(["--build-users-group", users.group()])
         .env_clear()
         .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
         .env("NIXNEST_BUSYBOX", busybox::source())
@@ -401,4 +401,23 @@ fn run_script_with_nix_daemon_2_8() {
         .unwrap_or_else(|| panic!("no store line:\n{stderr}"));
     assert!(store.starts_with("/tmp/nixnest-rec."), "{store}");
     assert!(!Path::new(store).exists(), "{store} left behind");
+}
+
+/// `examples/recursive/run --daemon nix-daemon`: the baseline.
+#[test]
+fn run_script_with_nix_daemon_2_8() {
+    run_script(&["--daemon", "nix-daemon"]);
+}
+
+/// `examples/recursive/run` with nixnest (the README's command, with the daemon cargo
+/// built for this test), per-build socket and seed style.
+#[test]
+fn run_script_with_nixnest() {
+    let Some(program) = try_cargo_bin("nixnest-daemon") else {
+        eprintln!("SKIPPED: nixnest-daemon is not built (cargo build -p nixnest-daemon)");
+        return;
+    };
+    let program = program.to_str().unwrap();
+    run_script(&["--daemon", program]);
+    run_script(&["--daemon", program, "--seed"]);
 }

@@ -63,6 +63,8 @@ pub struct BuildRequest {
     pub session: Option<u64>,
     /// The session's temp roots: every path the request touches is added.
     pub roots: Option<Arc<TempRoots>>,
+    /// The view of the build whose recursive-Nix session asks: the builds are nested.
+    pub view: Option<Arc<crate::recursive::BuildView>>,
 }
 
 impl BuildRequest {
@@ -74,6 +76,7 @@ impl BuildRequest {
             verbosity: Verbosity::Info,
             session: None,
             roots: None,
+            view: None,
         }
     }
 }
@@ -278,6 +281,19 @@ impl<'a> Exec<'a> {
                 ".drv file"
             }
         );
+        // Recursive Nix: a build asked for (directly or as a dependency) from inside its
+        // own build would wait for itself.
+        if let Some(msg) = self
+            .req
+            .view
+            .as_ref()
+            .and_then(|v| v.cycle_message(&node.drv_path))
+        {
+            let failed = Finished::failure(BuildStatus::MiscFailure, msg);
+            return self
+                .finish(rep, i, Outcome::Finished(Arc::new(failed)))
+                .await;
+        }
         let spec = JobSpec {
             drv_path: node.drv_path.clone(),
             drv,
@@ -285,6 +301,7 @@ impl<'a> Exec<'a> {
             keep_build_log: self.req.settings.keep_build_log,
             session: self.req.session,
             goal_name,
+            parent: self.req.view.clone(),
         };
         match self.sched.attach(spec, &self.inbox, i, !self.basic) {
             Attached::Pending(attachment) => {

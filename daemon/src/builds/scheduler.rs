@@ -62,6 +62,7 @@ use nixnest_store::{BuildLogWriter, LocalStore};
 
 use crate::config::Settings;
 use crate::control::{NewBuild, Registry};
+use crate::recursive::{BuildHooks, BuildInfo, BuildView, Recursive, RecursiveConfig};
 
 /// Log bytes a request may have queued before lines are dropped for it.
 pub const INBOX_LINE_BYTES: usize = 8 << 20;
@@ -81,6 +82,8 @@ pub struct SchedulerConfig {
     pub build_users: Option<UserPool>,
     /// How often to look for a free build user taken by someone else.
     pub poll_interval: Duration,
+    /// Recursive Nix (see [`crate::recursive`]).
+    pub recursive: RecursiveConfig,
 }
 
 impl SchedulerConfig {
@@ -94,6 +97,7 @@ impl SchedulerConfig {
             max_jobs: settings.max_jobs.0 as usize,
             build_users,
             poll_interval: Duration::from_secs(settings.build_poll_interval.clamp(1, 60)),
+            recursive: RecursiveConfig::from_settings(settings),
         }
     }
 }
@@ -129,6 +133,7 @@ pub struct Scheduler {
     poll_interval: Duration,
     inflight: Mutex<HashMap<StorePath, Arc<Inflight>>>,
     counters: Arc<Counters>,
+    recursive: Arc<Recursive>,
 }
 
 impl Scheduler {
@@ -147,7 +152,13 @@ impl Scheduler {
             poll_interval: config.poll_interval,
             inflight: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),
+            recursive: Recursive::new(config.recursive),
         })
+    }
+
+    /// Recursive Nix: the views of the running builds.
+    pub fn recursive(&self) -> &Arc<Recursive> {
+        &self.recursive
     }
 
     pub fn store(&self) -> &Arc<LocalStore> {
@@ -288,10 +299,17 @@ impl Scheduler {
 
     async fn run(&self, entry: &Arc<Inflight>, spec: JobSpec) -> Finished {
         let t0 = std::time::Instant::now();
+        // A nested build (recursive Nix) uses its parent build's slots: the parent holds
+        // a daemon slot while it waits for it (see `crate::recursive`).
+        let slots = match &spec.parent {
+            Some(parent) => parent.nested_jobs(),
+            None => Arc::clone(&self.slots),
+        };
+        let mut nested_wait = None;
         let permit = tokio::select! {
             biased;
             () = entry.cancel.cancelled() => return Finished::cancelled(),
-            p = Arc::clone(&self.slots).acquire_owned() => match p {
+            p = slots.acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return Finished::failure(BuildStatus::MiscFailure, "the build scheduler has shut down".into()),
             },
@@ -305,10 +323,18 @@ impl Scheduler {
                 let p = pool.clone();
                 match tokio::task::spawn_blocking(move || p.try_acquire()).await {
                     Ok(Ok(Some(lease))) => break Some(lease),
-                    Ok(Ok(None)) => entry.set_waiting(Some(format!(
-                        "waiting for UID to build '{}'",
-                        entry.printed
-                    ))),
+                    Ok(Ok(None)) => {
+                        entry.set_waiting(Some(format!(
+                            "waiting for UID to build '{}'",
+                            entry.printed
+                        )));
+                        if let Some(parent) = &spec.parent
+                            && let Some(msg) =
+                                self.nested_user_wait(parent, pool, &mut nested_wait).await
+                        {
+                            return Finished::failure(BuildStatus::MiscFailure, msg);
+                        }
+                    }
                     Ok(Err(e)) => {
                         return Finished::failure(BuildStatus::MiscFailure, e.to_string());
                     }
@@ -326,6 +352,7 @@ impl Scheduler {
                 }
             },
         };
+        drop(nested_wait);
         entry.set_waiting(None);
         if entry.cancel.is_cancelled() {
             return Finished::cancelled();
@@ -341,6 +368,7 @@ impl Scheduler {
             store: Arc::clone(&self.store),
             registry: Arc::clone(&self.registry),
             counters: Arc::clone(&self.counters),
+            recursive: Arc::clone(&self.recursive),
             entry: Arc::clone(entry),
             spec,
             lease,
@@ -381,6 +409,8 @@ pub(crate) struct JobSpec {
     pub session: Option<u64>,
     /// How messages name the build (CppNix's goal name).
     pub goal_name: String,
+    /// The view of the build whose recursive-Nix session asked for this one.
+    pub parent: Option<Arc<BuildView>>,
 }
 
 /// What a request hears about a build it is attached to.
@@ -599,6 +629,7 @@ struct BuildThread {
     store: Arc<LocalStore>,
     registry: Arc<Registry>,
     counters: Arc<Counters>,
+    recursive: Arc<Recursive>,
     entry: Arc<Inflight>,
     spec: JobSpec,
     lease: Option<UserLease>,
@@ -610,6 +641,7 @@ impl BuildThread {
             store,
             registry,
             counters,
+            recursive,
             entry,
             spec,
             lease,
@@ -625,6 +657,17 @@ impl BuildThread {
             Ok(i) => i,
             Err(e) => return Finished::failure(BuildStatus::MiscFailure, e.to_string()),
         };
+        let hooks = recursive.begin_build(
+            &store,
+            BuildInfo {
+                drv_path: &spec.drv_path,
+                drv: &spec.drv,
+                inputs: &inputs,
+                build_uid: lease.as_ref().map(|l| l.uid),
+                parent: spec.parent.clone(),
+            },
+        );
+        let roots = hooks.as_ref().and_then(BuildHooks::temp_roots);
         let mut events = ThreadEvents {
             store: &store,
             entry: &entry,
@@ -632,14 +675,22 @@ impl BuildThread {
             keep_log: spec.keep_build_log,
             log: None,
             started: false,
+            hooks: hooks.as_ref(),
         };
         let mut job = BuildJob::new(spec.drv_path.clone(), &spec.drv, inputs);
         job.build_user = lease.as_ref();
         job.cancel = Some(&entry.cancel_flag);
         job.goal_name = Some(spec.goal_name.clone());
+        job.recursive_nix = hooks.as_ref().is_some_and(BuildHooks::recursive_nix);
+        job.temp_roots = roots.as_deref();
         let t0 = std::time::Instant::now();
         let outcome = Builder::new(&store, &spec.settings).build(&job, &mut events);
         events.close();
+        // The build is over: its recursive-Nix view ends and its temp roots go (what the
+        // outputs refer to is kept by those references from now on).
+        drop(job);
+        drop(roots);
+        drop(hooks);
         drop(lease);
         if let Ok(o) = &outcome {
             tracing::debug!(
@@ -668,6 +719,8 @@ struct ThreadEvents<'a> {
     keep_log: bool,
     log: Option<BuildLogWriter>,
     started: bool,
+    /// Recursive Nix, when the build has a view.
+    hooks: Option<&'a BuildHooks>,
 }
 
 impl ThreadEvents<'_> {
@@ -723,8 +776,24 @@ impl ThreadEvents<'_> {
 }
 
 impl BuildEvents for ThreadEvents<'_> {
-    fn started(&mut self, _s: &BuildStarted) {
+    fn prepare(&mut self, build: &nixnest_build::PreparedBuild<'_>) -> nixnest_build::Result<()> {
+        match self.hooks {
+            Some(h) => h.prepare(build),
+            None => Ok(()),
+        }
+    }
+
+    fn started(&mut self, s: &BuildStarted) {
+        if let Some(h) = self.hooks {
+            h.started(s);
+        }
         self.ensure_started();
+    }
+
+    fn builder_exited(&mut self) {
+        if let Some(h) = self.hooks {
+            h.builder_exited();
+        }
     }
 
     fn log_chunk(&mut self, data: &[u8]) {
@@ -756,6 +825,28 @@ impl BuildEvents for ThreadEvents<'_> {
 }
 
 impl Scheduler {
+    /// A nested build (recursive Nix) found no free build user: marks its parent as
+    /// waiting (once, in `marker`, until the user is had), wakes the other waiters to look
+    /// again, and says whether it must fail because no user can ever come free
+    /// ([`Recursive::user_deadlock`]).
+    async fn nested_user_wait(
+        &self,
+        parent: &Arc<BuildView>,
+        pool: &UserPool,
+        marker: &mut Option<crate::recursive::WaitingForUser>,
+    ) -> Option<String> {
+        if marker.is_none() {
+            *marker = Some(parent.waiting_for_user());
+            self.users_freed.notify_waiters();
+        }
+        let p = pool.clone();
+        let size = match tokio::task::spawn_blocking(move || p.members()).await {
+            Ok(Ok((_, users))) => users.len(),
+            _ => return None,
+        };
+        self.recursive.user_deadlock(parent, size)
+    }
+
     /// The derivations of the builds in flight, for a garbage collection to keep (their
     /// outputs are in the builder's own temp roots, and the requests' in their sessions').
     pub fn extra_roots(&self) -> BTreeSet<StorePath> {

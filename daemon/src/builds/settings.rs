@@ -12,7 +12,7 @@
 //! | `max-build-log-size` | `max_log_size` | `0` = none |
 //! | `log-lines`, `keep-failed` | same | |
 //! | `filter-syscalls`, `allow-new-privileges`, `impersonate-linux-26` | same | |
-//! | `system`, `extra-platforms`, `system-features` | same | |
+//! | `system`, `extra-platforms`, `system-features` | same | `recursive-nix` added when it is in `experimental-features` |
 //! | `pre-build-hook` | `pre_build_hook` | empty = none |
 //!
 //! The helper command is the daemon's own executable with the hidden
@@ -83,6 +83,12 @@ pub fn build_settings(settings: &Settings, helper: &HelperCommand) -> BuildSetti
     b.system = settings.system.clone();
     b.extra_platforms = settings.extra_platforms.clone();
     b.system_features = settings.system_features.clone();
+    // As CppNix: with the experimental feature on, the store offers the system feature,
+    // so that derivations requiring it can be built here (and get a per-build socket).
+    if settings.has_experimental_feature(crate::recursive::FEATURE) {
+        b.system_features
+            .insert(crate::recursive::FEATURE.to_owned());
+    }
     b.impersonate_linux_26 = settings.impersonate_linux_26;
     b.pre_build_hook =
         (!settings.pre_build_hook.is_empty()).then(|| PathBuf::from(&settings.pre_build_hook));

@@ -8,13 +8,20 @@
 //! written to the client as they come, and the connection is watched: a client that
 //! hangs up (or is interrupted) ends the request, which detaches it from its builds —
 //! a build nobody else waits for is then killed.
+//!
+//! In a build's view (recursive Nix, [`crate::view`]) the paths named must be visible
+//! and the mode normal, checked before anything runs; the builds are nested builds of
+//! that build; afterwards the closure of the outputs built joins the view. QueryMissing
+//! reports invisible targets as unknown.
 
 use std::future::Future;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use nixnest_core::{BasicDerivation, DerivationType, DerivedPath, StorePath};
+use std::collections::BTreeSet;
+
+use nixnest_core::{BasicDerivation, DerivationType, DerivedPath, OutputsSpec, StorePath};
 use nixnest_protocol::request::Request;
 use nixnest_protocol::response::Response;
 use nixnest_protocol::stderr::NixError;
@@ -52,7 +59,55 @@ where
         verbosity: s.out.verbosity(),
         session: Some(s.id),
         roots: Some(std::sync::Arc::clone(&s.roots)),
+        view: s.view.build().cloned(),
     }
+}
+
+/// A build's view: the paths named must be visible, the mode normal, the depth within
+/// `recursive-nix-max-depth`.
+fn check_view<S>(s: &Session<S>, paths: &[DerivedPath], mode: BuildMode) -> OpResult<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let store = std::sync::Arc::clone(&s.shared.store);
+    s.view.check_build(
+        paths,
+        mode,
+        s.daemon_settings.recursive_nix_max_depth,
+        |p| store.print(p),
+    )
+}
+
+/// A build's view: the closure of the valid outputs of `paths` joins it.
+async fn note_built<S>(s: &mut Session<S>, paths: Vec<DerivedPath>) -> OpResult<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if !s.view.is_restricted() {
+        return Ok(());
+    }
+    s.run(move |job| {
+        let mut built = BTreeSet::new();
+        for path in paths {
+            let DerivedPath::Built { drv_path, outputs } = path else {
+                continue;
+            };
+            let drv = nixnest_store::drv::read_derivation(&job.store, &drv_path)?;
+            for (name, out) in drv.output_paths(job.store.store_dir())? {
+                let wanted = match &outputs {
+                    OutputsSpec::All => true,
+                    OutputsSpec::Names(names) => names.contains(&name),
+                };
+                if let Some(out) = out.filter(|_| wanted)
+                    && job.store.is_valid_path(&out)?
+                {
+                    built.insert(out);
+                }
+            }
+        }
+        job.view.note_built(&built)
+    })
+    .await
 }
 
 /// Runs a scheduler call: forwards its stderr messages to the client in order, and
@@ -106,13 +161,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     s.policy.check_build_repair(mode == BuildMode::Repair)?;
-    let req = request(s, paths, mode);
+    check_view(s, &paths, mode)?;
+    let req = request(s, paths.clone(), mode);
     let sched = std::sync::Arc::clone(&s.shared.scheduler);
     drive(
         s,
         |sink| async move { sched.build_paths(&req, &sink).await },
     )
     .await?;
+    note_built(s, paths).await?;
     reply(Response::Ack)
 }
 
@@ -126,12 +183,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     s.policy.check_build_repair(mode == BuildMode::Repair)?;
+    check_view(s, &paths, mode)?;
     let req = request(s, paths, mode);
     let sched = std::sync::Arc::clone(&s.shared.scheduler);
     let results = drive(s, |sink| async move {
         sched.build_paths_with_results(&req, &sink).await
     })
     .await?;
+    let built = results
+        .iter()
+        .filter(|r| r.result.status.is_success())
+        .map(|r| r.path.clone())
+        .collect();
+    note_built(s, built).await?;
     reply(Response::KeyedBuildResults(results))
 }
 
@@ -140,6 +204,7 @@ pub async fn ensure_path<S>(s: &mut Session<S>, path: StorePath) -> OpResult<Out
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    s.view.check_ensure(&path, &s.shared.store.print(&path))?;
     let sched = std::sync::Arc::clone(&s.shared.scheduler);
     let roots = std::sync::Arc::clone(&s.roots);
     drive(s, |_sink| async move {
@@ -179,8 +244,19 @@ pub async fn query_missing<S>(s: &mut Session<S>, paths: Vec<DerivedPath>) -> Op
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A build's view: what it cannot see is unknown to it, whatever the store holds.
+    let (paths, hidden): (Vec<DerivedPath>, Vec<DerivedPath>) = paths.into_iter().partition(|p| {
+        s.view.is_visible(match p {
+            DerivedPath::Opaque(p) => p,
+            DerivedPath::Built { drv_path, .. } => drv_path,
+        })
+    });
     let sched = std::sync::Arc::clone(&s.shared.scheduler);
-    let m = drive(s, |_sink| async move { sched.query_missing(paths).await }).await?;
+    let mut m = drive(s, |_sink| async move { sched.query_missing(paths).await }).await?;
+    m.unknown.extend(hidden.into_iter().map(|p| match p {
+        DerivedPath::Opaque(p) => p,
+        DerivedPath::Built { drv_path, .. } => drv_path,
+    }));
     reply(Response::Missing(m))
 }
 

@@ -39,8 +39,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     s.run(move |job| {
+        // Rooting a path never makes it visible (a build's view skips this op anyway).
         job.roots.add_path(&path)?;
-        job.view.note_added(&path);
         Ok(())
     })
     .await?;
@@ -137,7 +137,6 @@ where
             let root = job
                 .store
                 .add_perm_root(&path, Path::new(&gc_root), &job.roots)?;
-            job.view.note_added(&path);
             Ok(root)
         })
         .await?;
