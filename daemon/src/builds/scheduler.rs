@@ -51,6 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use nixnest_build::{
     BuildEvents, BuildJob, BuildOutcome, BuildSettings, BuildStarted, Builder, HelperCommand,
@@ -282,7 +283,10 @@ impl Scheduler {
     /// The driver of one build: slot, build user, the build thread, then the outcome to
     /// every subscriber.
     async fn drive(self: Arc<Self>, entry: Arc<Inflight>, spec: JobSpec) {
-        let finished = Arc::new(self.run(&entry, spec).await);
+        // One span per build: every line logged for it (slot, build user, builder, outcome),
+        // on this task and on its build thread, carries the derivation in the journal.
+        let span = tracing::info_span!("build", drv = %entry.printed);
+        let finished = Arc::new(self.run(&entry, spec).instrument(span).await);
         let subscribers = {
             let mut sh = lock(&entry.shared);
             sh.finished = Some(Arc::clone(&finished));
@@ -373,9 +377,11 @@ impl Scheduler {
             spec,
             lease,
         };
+        let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name(format!("build {}", entry.drv_path.name()))
             .spawn(move || {
+                let _entered = span.enter();
                 let _ = tx.send(thread.run());
             });
         let finished = match spawned {
@@ -683,6 +689,11 @@ impl BuildThread {
         job.goal_name = Some(spec.goal_name.clone());
         job.recursive_nix = hooks.as_ref().is_some_and(BuildHooks::recursive_nix);
         job.temp_roots = roots.as_deref();
+        tracing::info!(
+            build_uid = lease.as_ref().map(|l| l.uid),
+            recursive_nix = job.recursive_nix,
+            "starting build"
+        );
         let t0 = std::time::Instant::now();
         let outcome = Builder::new(&store, &spec.settings).build(&job, &mut events);
         events.close();
@@ -693,8 +704,8 @@ impl BuildThread {
         drop(hooks);
         drop(lease);
         if let Ok(o) = &outcome {
-            tracing::debug!(
-                "built '{}': {:?} in {:?} (prepare {:?}, sandbox {:?}, run {:?}, finish {:?})",
+            tracing::info!(
+                "build of '{}' ended: {:?} after {:?} (prepare {:?}, sandbox {:?}, run {:?}, finish {:?})",
                 entry.printed,
                 o.status,
                 t0.elapsed(),
