@@ -140,8 +140,6 @@ fn open_store(settings: &Settings) -> Result<LocalStore, Box<dyn std::error::Err
         store_dir: settings.store_dir.clone(),
         state_dir: settings.state_dir.clone(),
         log_dir: settings.log_dir.clone(),
-        keep_outputs: settings.keep_outputs,
-        keep_derivations: settings.keep_derivations,
         gc_reserved_space: settings.gc_reserved_space,
         fsync_metadata: settings.fsync_metadata,
         build_users_gid,

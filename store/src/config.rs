@@ -17,10 +17,6 @@ pub struct StoreConfig {
     pub state_dir: PathBuf,
     /// `NIX_LOG_DIR`, default `/nix/var/log/nix`: build logs under `drvs/`.
     pub log_dir: PathBuf,
-    /// `keep-outputs` (default false): the GC keeps outputs of live derivations.
-    pub keep_outputs: bool,
-    /// `keep-derivations` (default true): the GC keeps derivers of live outputs.
-    pub keep_derivations: bool,
     /// `gc-reserved-space` (default 8 MiB): size of `db/reserved`.
     pub gc_reserved_space: u64,
     /// `fsync-metadata` (default true): `synchronous = normal` instead of `off`.
@@ -42,8 +38,6 @@ impl Default for StoreConfig {
             store_dir: PathBuf::from("/nix/store"),
             state_dir: PathBuf::from("/nix/var/nix"),
             log_dir: PathBuf::from("/nix/var/log/nix"),
-            keep_outputs: false,
-            keep_derivations: true,
             gc_reserved_space: 8 * 1024 * 1024,
             fsync_metadata: true,
             build_users_gid: None,

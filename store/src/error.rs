@@ -63,7 +63,7 @@ pub enum Error {
 
     /// `DeleteSpecific` of a path that is reachable from a root.
     #[error(
-        "Cannot delete path '{0}' since it is still alive. To find out why, use: nix-store --query --roots"
+        "Cannot delete path '{0}' since it is still alive. To find out why, use: nix-store --query --roots and nix-store --query --referrers"
     )]
     StillAlive(String),
 

@@ -36,7 +36,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::gcsocket::{RootsServer, SharedState};
 use crate::lock::{self, LockType};
-use crate::logger::{Logger, Verbosity};
+use crate::logger::{Logger, Verbosity, quote_path, render_size};
 use crate::paths::hash_part_of;
 use crate::store::LocalStore;
 use crate::temproots::{self, CENSORED};
@@ -69,6 +69,13 @@ pub struct GcOptions {
     /// More roots from the caller (e.g. outputs of builds in progress). Like temp roots
     /// they are matched by hash part, so they also protect `<path>.lock` etc.
     pub extra_roots: BTreeSet<StorePath>,
+    /// `keep-outputs`: a live derivation keeps its outputs alive. Per run, because it is
+    /// the requesting session's setting (a trusted client may override it for its own
+    /// requests), not the store's.
+    pub keep_outputs: bool,
+    /// `keep-derivations`: a live output keeps its deriver alive. Per run, as
+    /// `keep_outputs`.
+    pub keep_derivations: bool,
 }
 
 impl Default for GcOptions {
@@ -79,6 +86,9 @@ impl Default for GcOptions {
             ignore_liveness: false,
             max_freed: u64::MAX,
             extra_roots: BTreeSet::new(),
+            // nix.conf's defaults.
+            keep_outputs: false,
+            keep_derivations: true,
         }
     }
 }
@@ -287,7 +297,7 @@ impl LocalStore {
             {
                 logger.log(
                     Verbosity::Info,
-                    &format!("cannot read potential root '{}'", path.display()),
+                    &format!("cannot read potential root {}", quote_path(path)),
                 );
                 Ok(())
             }
@@ -314,9 +324,9 @@ impl LocalStore {
                     logger.log(
                         Verbosity::Info,
                         &format!(
-                            "skipping invalid root from '{}' to '{}'",
-                            link.display(),
-                            target
+                            "skipping invalid root from {} to {}",
+                            quote_path(link),
+                            quote_path(Path::new(target))
                         ),
                     );
                 }
@@ -328,7 +338,7 @@ impl LocalStore {
             if depth > 64 {
                 logger.log(
                     Verbosity::Info,
-                    &format!("cannot read potential root '{}'", path.display()),
+                    &format!("cannot read potential root {}", quote_path(path)),
                 );
                 return Ok(());
             }
@@ -354,9 +364,9 @@ impl LocalStore {
                             logger.log(
                                 Verbosity::Info,
                                 &format!(
-                                    "removing stale link from '{}' to '{}'",
-                                    path.display(),
-                                    abs.display()
+                                    "removing stale link from {} to {}",
+                                    quote_path(path),
+                                    quote_path(&abs)
                                 ),
                             );
                             let _ = std::fs::remove_file(path);
@@ -503,7 +513,8 @@ impl LocalStore {
                     .unwrap_or(false);
             if !points_into_store {
                 return Err(Error::Other(format!(
-                    "cannot create symlink '{gs}'; already exists"
+                    "cannot create symlink {}; already exists",
+                    quote_path(&gc_root)
                 )));
             }
         }
@@ -515,8 +526,8 @@ impl LocalStore {
     /// Runs the garbage collector.
     pub fn collect_garbage(&self, opts: &GcOptions, logger: &dyn Logger) -> Result<GcResults> {
         let should_delete = matches!(opts.action, GcAction::DeleteDead | GcAction::DeleteSpecific);
-        let mut keep_outputs = self.config.keep_outputs;
-        let mut keep_derivations = self.config.keep_derivations;
+        let mut keep_outputs = opts.keep_outputs;
+        let mut keep_derivations = opts.keep_derivations;
         if opts.action == GcAction::DeleteSpecific && opts.ignore_liveness {
             keep_outputs = false;
             keep_derivations = false;
@@ -674,8 +685,8 @@ impl LocalStore {
             logger.log(
                 Verbosity::Talkative,
                 &format!(
-                    "deleting unused link '{}'",
-                    links.join(OsStr::from_bytes(name.to_bytes())).display()
+                    "deleting unused link {}",
+                    quote_path(&links.join(OsStr::from_bytes(name.to_bytes())))
                 ),
             );
             match rustix::fs::unlinkat(&dir, &name, AtFlags::empty()) {
@@ -688,8 +699,8 @@ impl LocalStore {
         logger.log(
             Verbosity::Info,
             &format!(
-                "note: currently hard linking saves {:.2} MiB",
-                (unshared - actual - overhead) as f64 / (1024.0 * 1024.0)
+                "note: hard linking is currently saving {}",
+                render_size(unshared - actual - overhead)
             ),
         );
         Ok(())

@@ -231,10 +231,14 @@ fn drv_setup(s: &crate::LocalStore) -> (String, String) {
 #[test]
 fn keep_derivations() {
     for keep in [true, false] {
-        let (_d, s) = new_store_with(|c| c.keep_derivations = keep);
+        let (_d, s) = new_store();
         let (drv, out) = drv_setup(&s);
         std::os::unix::fs::symlink(&out, s.gcroots_dir().join("r")).unwrap();
-        gc(&s);
+        let opts = GcOptions {
+            keep_derivations: keep,
+            ..GcOptions::default()
+        };
+        s.collect_garbage(&opts, &NullLogger).unwrap();
         assert!(exists(&out));
         assert_eq!(exists(&drv), keep, "keep-derivations = {keep}");
     }
@@ -243,10 +247,14 @@ fn keep_derivations() {
 #[test]
 fn keep_outputs() {
     for keep in [true, false] {
-        let (_d, s) = new_store_with(|c| c.keep_outputs = keep);
+        let (_d, s) = new_store();
         let (drv, out) = drv_setup(&s);
         std::os::unix::fs::symlink(&drv, s.gcroots_dir().join("r")).unwrap();
-        gc(&s);
+        let opts = GcOptions {
+            keep_outputs: keep,
+            ..GcOptions::default()
+        };
+        s.collect_garbage(&opts, &NullLogger).unwrap();
         assert!(exists(&drv));
         assert_eq!(exists(&out), keep, "keep-outputs = {keep}");
     }
@@ -302,7 +310,7 @@ fn delete_specific() {
     assert_eq!(
         e.to_string(),
         format!(
-            "Cannot delete path '{c}' since it is still alive. To find out why, use: nix-store --query --roots"
+            "Cannot delete path '{c}' since it is still alive. To find out why, use: nix-store --query --roots and nix-store --query --referrers"
         )
     );
     // b is referenced by a, which is not being deleted.

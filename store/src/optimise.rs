@@ -18,7 +18,9 @@ use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use crate::logger::{ActivityGuard, ActivityType, Logger, ResultType, Verbosity};
+use crate::logger::{
+    ActivityGuard, ActivityType, Logger, ResultType, Verbosity, quote_path, render_size,
+};
 use crate::store::LocalStore;
 
 /// What an optimisation run achieved.
@@ -33,11 +35,11 @@ pub struct OptimiseStats {
 }
 
 impl OptimiseStats {
-    /// CppNix's summary line, "X MiB freed by hard-linking N files".
+    /// CppNix 2.34's summary line, "10.5 KiB freed by hard-linking 2 files".
     pub fn summary(&self) -> String {
         format!(
-            "{:.2} MiB freed by hard-linking {} files",
-            self.bytes_freed as f64 / (1024.0 * 1024.0),
+            "{} freed by hard-linking {} files",
+            render_size(i64::try_from(self.bytes_freed).unwrap_or(i64::MAX)),
             self.files_linked
         )
     }
@@ -170,11 +172,12 @@ impl Optimiser<'_> {
     ) -> Result<()> {
         let is_reg = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         if is_reg && st.st_mode & 0o200 != 0 {
+            // 2.34 quotes the path twice (a quoted path inside '%s'); so do we.
             self.logger.log(
                 Verbosity::Warn,
                 &format!(
                     "warning: skipping suspicious writable file '{}'",
-                    display.display()
+                    quote_path(display)
                 ),
             );
             return Ok(());

@@ -35,7 +35,7 @@ use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{self, FdLock, LockType};
-use crate::logger::{Logger, Verbosity};
+use crate::logger::{Logger, Verbosity, quote_path};
 
 /// The label CppNix uses for roots whose origin is hidden from the caller.
 pub const CENSORED: &str = "{censored}";
@@ -256,7 +256,7 @@ pub fn read_temp_roots(
         if lock::lock_file(fd.as_fd(), LockType::Write, false)? {
             logger.log(
                 Verbosity::Info,
-                &format!("removing stale temporary roots file '{}'", path.display()),
+                &format!("removing stale temporary roots file {}", quote_path(&path)),
             );
             lock::delete_lock_file(&path, fd.as_fd());
             continue;

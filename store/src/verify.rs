@@ -9,17 +9,25 @@
 //!    modified! expected hash '…', got '…'"); a missing `narSize` is filled in.
 //!
 //! Repairing a modified or vanished path needs a substituter, which the store doesn't
-//! have: such paths are reported and make the result an error.
+//! have: as CppNix without substituters, each such path gets "cannot repair path '…'"
+//! (an `error:` for a modified path, a `warning:` for a vanished one that still has valid
+//! referrers) and makes the result an error. CppNix would then rebuild a modified path
+//! that has a valid deriver; nixnest's store cannot build, so it reports that path as
+//! unrepairable too.
+//!
+//! Wording is CppNix 2.34's (see [`crate::logger`]): `.links` entries are double-quoted
+//! paths, store paths single-quoted.
 
 use std::collections::{BTreeSet, HashSet};
 use std::os::fd::AsFd;
+use std::path::Path;
 
 use nixnest_core::{Hash, HashAlgo, StorePath};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::lock::{self, LockType};
-use crate::logger::{Logger, Verbosity};
+use crate::logger::{Logger, Verbosity, quote_path};
 use crate::store::LocalStore;
 
 /// What `verify_store` found.
@@ -63,7 +71,15 @@ impl LocalStore {
         let mut done: HashSet<StorePath> = HashSet::new();
         let mut existing: BTreeSet<StorePath> = BTreeSet::new();
         for p in &all {
-            self.verify_path(p, &on_disk, &mut done, &mut existing, &mut res, logger)?;
+            self.verify_path(
+                p,
+                &on_disk,
+                &mut done,
+                &mut existing,
+                repair,
+                &mut res,
+                logger,
+            )?;
         }
 
         if check_contents {
@@ -75,19 +91,25 @@ impl LocalStore {
                     continue;
                 };
                 let p = links.join(&name);
+                logger.log(
+                    Verbosity::Talkative,
+                    &format!("checking contents of {}", quote_path(Path::new(&name))),
+                );
                 let hs = nixnest_core::nar::nar_hash_and_size(&p)?;
                 let got = nixnest_core::nixbase32::encode(&hs.sha256);
                 if got != name {
+                    // 2.34 quotes neither the path's way nor consistently: the link is a
+                    // quoted path, the expected hash bare, the actual one in '…'.
                     logger.log(
                         Verbosity::Error,
                         &format!(
-                            "link '{}' was modified! expected hash '{name}', got '{got}'",
-                            p.display()
+                            "link {} was modified! expected hash {name}, got '{got}'",
+                            quote_path(&p)
                         ),
                     );
                     if repair {
                         std::fs::remove_file(&p).ctx("removing corrupt link", &p)?;
-                        logger.log(Verbosity::Info, &format!("removed link '{}'", p.display()));
+                        logger.log(Verbosity::Info, &format!("removed link {}", quote_path(&p)));
                     } else {
                         res.errors = true;
                     }
@@ -107,10 +129,13 @@ impl LocalStore {
                 let hs = match nixnest_core::nar::nar_hash_and_size(&real) {
                     Ok(hs) => hs,
                     Err(e) => {
+                        // The path may have been collected meanwhile: then only a warning.
                         if self.is_valid_path(p)? {
-                            logger.log(Verbosity::Error, &e.to_string());
-                            res.errors = true;
+                            logger.log(Verbosity::Error, &format!("error: {e}"));
+                        } else {
+                            logger.log(Verbosity::Warn, &format!("warning: {e}"));
                         }
+                        res.errors = true;
                         continue;
                     }
                 };
@@ -126,6 +151,9 @@ impl LocalStore {
                         ),
                     );
                     res.modified.insert(p.clone());
+                    if repair {
+                        self.cannot_repair(p, Verbosity::Error, logger);
+                    }
                     res.errors = true;
                 } else if info.nar_size == 0 {
                     logger.log(
@@ -140,6 +168,20 @@ impl LocalStore {
         Ok(res)
     }
 
+    /// What CppNix's `repairPath` reports when no substituter has the path (and, here,
+    /// whether or not it has a deriver: see the module docs).
+    fn cannot_repair(&self, p: &StorePath, level: Verbosity, logger: &dyn Logger) {
+        let prefix = if level == Verbosity::Error {
+            "error"
+        } else {
+            "warning"
+        };
+        logger.log(
+            level,
+            &format!("{prefix}: cannot repair path '{}'", self.print(p)),
+        );
+    }
+
     fn update_nar_size(&self, p: &StorePath, size: u64) -> Result<()> {
         let printed = self.print(p);
         let size = i64::try_from(size).unwrap_or(i64::MAX);
@@ -150,12 +192,14 @@ impl LocalStore {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn verify_path(
         &self,
         p: &StorePath,
         on_disk: &HashSet<String>,
         done: &mut HashSet<StorePath>,
         existing: &mut BTreeSet<StorePath>,
+        repair: bool,
         res: &mut VerifyResult,
         logger: &dyn Logger,
     ) -> Result<()> {
@@ -170,7 +214,7 @@ impl LocalStore {
         let mut can_invalidate = true;
         for r in self.query_referrers(p)? {
             if &r != p {
-                self.verify_path(&r, on_disk, done, existing, res, logger)?;
+                self.verify_path(&r, on_disk, done, existing, repair, res, logger)?;
                 if existing.contains(&r) {
                     can_invalidate = false;
                 }
@@ -190,6 +234,9 @@ impl LocalStore {
                 Verbosity::Error,
                 &format!("path '{printed}' disappeared, but it still has valid referrers!"),
             );
+            if repair {
+                self.cannot_repair(p, Verbosity::Warn, logger);
+            }
             res.errors = true;
         }
         Ok(())
@@ -249,5 +296,23 @@ mod tests {
         assert!(log.contains("was modified! expected hash"));
         assert!(log.contains("disappeared, removing from database..."));
         assert!(!s.is_valid_path(&infos[0].path).unwrap());
+
+        // Repairing without a substituter: reported per path, still an error.
+        let log = CollectingLogger::default();
+        let r = s.verify_store(true, true, &log).unwrap();
+        assert!(r.errors);
+        let b = s.print(&infos[1].path);
+        let lines = log.lines();
+        let modified = lines
+            .iter()
+            .position(|(_, l)| l.starts_with(&format!("path '{b}' was modified!")))
+            .expect("modified line");
+        assert_eq!(
+            lines.get(modified + 1),
+            Some(&(
+                crate::logger::Verbosity::Error,
+                format!("error: cannot repair path '{b}'")
+            ))
+        );
     }
 }

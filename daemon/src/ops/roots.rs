@@ -8,7 +8,8 @@
 //!   `{censored}` for untrusted clients.
 //! * CollectGarbage: every action; `ignoreLiveness` is refused. Live sessions' temp roots
 //!   are files like CppNix's, so the collector (ours or CppNix's) sees them; paths a
-//!   build backend is producing are passed as extra roots.
+//!   build backend is producing are passed as extra roots. `keep-outputs` and
+//!   `keep-derivations` are the session's (a trusted client may override them).
 //! * SyncWithGC: a no-op (CppNix ≥ 2.0).
 
 use std::collections::BTreeSet;
@@ -111,6 +112,10 @@ where
         ignore_liveness: false,
         max_freed: opts.max_freed,
         extra_roots: s.shared.scheduler.extra_roots(),
+        // The session's values: a trusted client's `--option keep-derivations false`
+        // applies to its own collection only, as in CppNix.
+        keep_outputs: s.settings.keep_outputs,
+        keep_derivations: s.settings.keep_derivations,
     };
     let results = s
         .run(move |job| Ok(job.store.collect_garbage(&store_opts, &job.log)?))
