@@ -5,10 +5,14 @@
 //! 1. temp-root the target path (so no GC, ours or CppNix's, deletes it mid-add);
 //! 2. already valid (and not repairing)? consume the input and return;
 //! 3. lock `<path>.lock` (flock; exclusive against CppNix too), re-check validity;
-//! 4. restore/write into a fresh temporary object *inside the store dir*, named
-//!    `<random hash>-<name>` and temp-rooted by the same session — a crash leaves an
-//!    unprotected, unregistered entry that the next GC deletes — while hashing exactly the
-//!    bytes consumed (NAR SHA-256 + size, plus the content-address hash when needed);
+//! 4. restore/write into a fresh temporary object *inside the store dir* while hashing
+//!    exactly the bytes consumed (NAR SHA-256 + size, plus the content-address hash when
+//!    needed). When the target path is known up front (AddToStoreNar, AddTextToStore)
+//!    the object is named `<target's hash part>-tmp-<random>`: the target's temp root
+//!    protects it too (every GC, ours and CppNix's, matches temp roots by hash part), so
+//!    the session holds exactly CppNix's roots. Otherwise (AddToStore, whose path depends
+//!    on the data) it is `<random hash>-<name>`, temp-rooted itself. Either way a crash
+//!    leaves an unprotected, unregistered entry that the next GC deletes;
 //! 5. verify the claimed NAR hash, size and content address; on any mismatch the temporary
 //!    object is deleted and nothing is registered;
 //! 6. canonicalise (see `canonicalise`), then atomically `rename` into place (exchanging
@@ -130,6 +134,20 @@ impl LocalStore {
         })
     }
 
+    /// Reserves a temporary object name (not created yet) for building `target`, which
+    /// the caller has already temp-rooted: the name shares `target`'s hash part, so that
+    /// root protects it (see the module docs).
+    pub(crate) fn temp_object_for(&self, target: &StorePath) -> Result<TempObject<'_>> {
+        let dir = fsutil::open_dir(self.real_store_dir())?;
+        let base = format!("{}-tmp-{}", target.hash_part(), random_hash_part());
+        Ok(TempObject {
+            store: self,
+            dir,
+            name: base,
+            live: true,
+        })
+    }
+
     fn check_references_valid(
         &self,
         path: Option<&StorePath>,
@@ -203,7 +221,7 @@ impl LocalStore {
             return Ok(());
         }
 
-        let tmp = self.temp_object(roots, info.path.name())?;
+        let tmp = self.temp_object_for(&info.path)?;
         // A second hasher only for a NAR content address with another algorithm.
         let ca_nar_algo = match &info.ca {
             Some(ca) if ca.method() == ContentAddressMethod::NixArchive => Some(ca.hash().algo()),
@@ -395,6 +413,8 @@ impl LocalStore {
     }
 
     /// `addTextToStore`: a `text:sha256` path with the given contents and references.
+    /// The contents are at hand, so the path is computed first and is the only temp root
+    /// the add takes (as in CppNix).
     pub fn add_text(
         &self,
         name: &str,
@@ -403,17 +423,33 @@ impl LocalStore {
         roots: &TempRoots,
         logger: &dyn Logger,
     ) -> Result<ValidPathInfo> {
-        let mut r = contents;
-        self.add_to_store_ca(
-            name,
+        nixnest_core::store_path::validate_name(name)?;
+        self.check_references_valid(None, references)?;
+        let ca = ContentAddress::new(
             ContentAddressMethod::Text,
-            HashAlgo::Sha256,
-            references,
-            &mut r,
-            false,
-            roots,
-            logger,
-        )
+            Hash::compute(HashAlgo::Sha256, contents),
+        )?;
+        let path = self
+            .store_dir()
+            .make_path_from_ca(name, &ca, references, false)?;
+        roots.add(&self.print(&path))?;
+        if let Some(info) = self.query_path_info(&path)? {
+            return Ok(info);
+        }
+        let lock = self.lock_path(&path, logger)?;
+        if let Some(info) = self.query_path_info(&path)? {
+            return Ok(info);
+        }
+        let tmp = self.temp_object_for(&path)?;
+        let mut data = contents;
+        write_flat(&tmp, &mut data, HashAlgo::Sha256)?;
+        let hs = nar::nar_hash_and_size(&tmp.path())?;
+        let mut info = ValidPathInfo::new(path.clone(), Hash::new(HashAlgo::Sha256, &hs.sha256)?);
+        info.nar_size = hs.size;
+        info.references = references.clone();
+        info.ca = Some(ca);
+        self.finish_add(tmp, &info, lock, logger)?;
+        self.path_info(&path)
     }
 
     /// Writes the NAR of a valid path (`wopNarFromPath`, exports). Returns its size.

@@ -209,6 +209,20 @@ fn add_flat_and_text() {
         s.query_referrers(&flat.path).unwrap(),
         BTreeSet::from([text.path.clone()])
     );
+    // The same text through AddToStore's pipeline is the same path.
+    let again = s
+        .add_to_store_ca(
+            "t",
+            ContentAddressMethod::Text,
+            HashAlgo::Sha256,
+            &refs,
+            &mut format!("see {}", s.print(&flat.path)).as_bytes(),
+            false,
+            &tr,
+            &NullLogger,
+        )
+        .unwrap();
+    assert_eq!(again, text);
     // Flat paths cannot have references; text needs sha256.
     assert!(
         s.add_to_store_ca(
@@ -513,4 +527,34 @@ fn concurrent_adds_of_the_same_and_different_paths() {
     assert_eq!(s.query_all_valid_paths().unwrap().len(), 10 + 4 * 10);
     // No leftovers: every entry is a valid path (locks and temps are gone).
     assert_eq!(store_entries(s).len(), 50);
+}
+
+/// The temp roots a session holds after adding (CppNix holds exactly the added path).
+fn roots_of(s: &LocalStore) -> BTreeSet<String> {
+    let (roots, _fds) =
+        crate::temproots::read_temp_roots(&s.temproots_dir(), false, &NullLogger).unwrap();
+    roots.into_keys().collect()
+}
+
+#[test]
+fn adds_with_a_known_path_root_only_that_path() {
+    let (_d, s) = new_store_with(no_sigs);
+    let tr = s.temp_roots_session();
+    let nar = dir_nar("rooted");
+    let info = info_for(&s, "rooted", &nar);
+    s.add_to_store_nar(&info, &mut &nar[..], false, false, &tr, &NullLogger)
+        .unwrap();
+    let refs = BTreeSet::from([info.path.clone()]);
+    let text = s
+        .add_text("rooted-text", b"refers", &refs, &tr, &NullLogger)
+        .unwrap();
+    assert_eq!(
+        roots_of(&s),
+        BTreeSet::from([s.print(&info.path), s.print(&text.path)])
+    );
+    // No temporary object is left behind either.
+    assert_eq!(
+        store_entries(&s),
+        BTreeSet::from([info.path.to_base_name(), text.path.to_base_name()])
+    );
 }

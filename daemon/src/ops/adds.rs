@@ -179,9 +179,12 @@ where
     reply(Response::PathList(paths))
 }
 
-/// NarFromPath (38): `STDERR_LAST`, then the NAR itself. The path is checked (and
-/// temp-rooted) first, so an invalid path is an ordinary error; a failure half-way
-/// through the NAR can only be answered by closing the connection.
+/// NarFromPath (38): `STDERR_LAST`, then the NAR itself. The path is checked first, so
+/// an invalid path is an ordinary error; a failure half-way through the NAR (the path
+/// was collected meanwhile) can only be answered by closing the connection. Like
+/// CppNix, no temp root is taken: keeping what it reads alive is the client's business
+/// (it holds a root or reads its own closure), and a session that only reads must not
+/// keep paths alive until it disconnects.
 pub async fn nar_from_path<S>(s: &mut Session<S>, path: StorePath) -> OpResult<Outcome>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -191,7 +194,6 @@ where
         if !is_valid(job, &checked)? {
             return Err(not_valid(job, &checked));
         }
-        job.roots.add_path(&checked)?;
         Ok(())
     })
     .await?;
