@@ -20,9 +20,10 @@
 //! | ImportPaths signatures | not checked | checked | checked |
 //! | ignoreLiveness | refused for everyone | | |
 //! | AddSignatures | allowed for everyone (CppNix ≥ 2.17; 2.8–2.16 refused untrusted clients) | | |
-//! | per-user profile/gcroots dirs created | yes | yes | no |
+//! | per-user profile/gcroots dirs created (clients < 1.35 only) | yes | yes | no |
 //! | store view | full | full | the build's view ([`StoreView::Build`](crate::view::StoreView::Build)) |
 
+use nixnest_protocol::ProtocolVersion;
 use nixnest_protocol::handshake::TrustLevel;
 
 use crate::auth::Access;
@@ -63,10 +64,18 @@ impl Policy {
         matches!(self.access, Access::BuildUser { .. })
     }
 
-    /// Whether the peer gets `profiles/per-user/<user>` and `gcroots/per-user/<user>`
-    /// (every user that connects, as in CppNix; builds have no use for them).
-    pub fn creates_user_dirs(&self) -> bool {
-        !matches!(self.access, Access::BuildUser { .. })
+    /// Whether the peer gets `profiles/per-user/<user>` and `gcroots/per-user/<user>`,
+    /// given the negotiated protocol `version`.
+    ///
+    /// CppNix's daemon created them for every connecting user up to Nix 2.13; 2.14 moved
+    /// profiles and their roots to the user's XDG directories (client-side) and the daemon
+    /// stopped ("Move the default profiles to the user's home"). Clients ≤ 2.13 still
+    /// write `profiles/per-user/<user>` and cannot create it themselves, and they all
+    /// speak protocol ≤ 1.34; clients ≥ 2.15 speak ≥ 1.35 and don't need the dirs. So:
+    /// created for sessions below 1.35 (which also gives them to 2.14, also 1.34 — as a
+    /// 2.13 daemon would have, harmlessly), never from 1.35 on, never for builds.
+    pub fn creates_user_dirs(&self, version: ProtocolVersion) -> bool {
+        !matches!(self.access, Access::BuildUser { .. }) && !version.at_least(35)
     }
 
     /// How much of `SetOptions` applies.
@@ -178,7 +187,11 @@ mod tests {
             format!("ultimate {}", p.ultimate(true)),
             format!("censor {}", p.censor_roots()),
             format!("import checks {}", p.import_checks_sigs()),
-            format!("user dirs {}", p.creates_user_dirs()),
+            format!(
+                "user dirs {} {}",
+                p.creates_user_dirs(ProtocolVersion::new(1, 34)),
+                p.creates_user_dirs(ProtocolVersion::new(1, 35))
+            ),
             format!("restricted {}", p.restricted_view()),
             ok(p.check_build_repair(true)),
             ok(p.check_build_repair(false)),
@@ -202,7 +215,7 @@ mod tests {
             "ultimate true",
             "censor false",
             "import checks false",
-            "user dirs true",
+            "user dirs true false",
             "restricted false",
             "ok",
             "ok",
@@ -223,7 +236,7 @@ mod tests {
                 "ultimate false".to_owned(),
                 "censor true".to_owned(),
                 "import checks true".to_owned(),
-                format!("user dirs {dirs}"),
+                format!("user dirs {dirs} false"),
                 view.to_owned(),
                 "close: repairing is not allowed because you are not in 'trusted-users'".to_owned(),
                 "ok".to_owned(),

@@ -4,7 +4,8 @@
 //! a build user's connection (seed style): find its build's view, or close unanswered
 //! handshake (version, features: none offered — `disable-set-options` in a build's view —,
 //!            daemon version string, trust flag)
-//! create <state>/{profiles,gcroots}/per-user/<user> for the peer (not for builds)
+//! create <state>/{profiles,gcroots}/per-user/<user> for the peer (protocol < 1.35, not
+//!        for builds)
 //! loop:
 //!     read one whole request (opcode + fixed fields)        ─ EOF here: the client is done
 //!     span op{name}; status shows the op
@@ -226,7 +227,7 @@ where
     );
 
     if let Some(peer) = &peer
-        && policy.creates_user_dirs()
+        && policy.creates_user_dirs(negotiated.version)
     {
         let store = Arc::clone(&shared.store);
         let (user, uid) = (peer.user(), peer.uid);

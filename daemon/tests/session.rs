@@ -88,9 +88,10 @@ async fn queries_and_adds_on_one_connection() {
         c.negotiated().info.daemon_nix_version.as_deref(),
         Some(nixnest_daemon::DAEMON_VERSION_STRING)
     );
-    // The peer's per-user directories exist, as CppNix creates them on connect.
+    // A client speaking ≥ 1.35 (Nix ≥ 2.15) keeps its profiles in its own XDG
+    // directories: no per-user directories, as with nix-daemon ≥ 2.14.
     for dir in ["profiles/per-user/root", "gcroots/per-user/root"] {
-        assert!(store.state_dir().join(dir).is_dir(), "{dir}");
+        assert!(!store.state_dir().join(dir).exists(), "{dir}");
     }
     let none = BTreeSet::new();
 
@@ -399,7 +400,7 @@ async fn derivations_and_build_ops() {
     assert_eq!(
         e.msg,
         format!(
-            "path '{}' does not exist and cannot be created",
+            "path '{}' is required, but there is no substituter that can build it",
             sd.print(&nothing)
         )
     );
@@ -1172,6 +1173,10 @@ async fn a_protocol_1_21_session() {
     let mut c = connect_at(&d, &store, ProtocolVersion::new(1, 21)).await;
     assert_eq!(c.version(), ProtocolVersion::new(1, 21));
     let sd = store_dir(&store);
+    // An old client gets its per-user directories, as from nix-daemon ≤ 2.13.
+    for dir in ["profiles/per-user/root", "gcroots/per-user/root"] {
+        assert!(store.state_dir().join(dir).is_dir(), "{dir}");
+    }
 
     // AddToStore < 1.25: inline NARs; flat data is a NAR of one regular file.
     let nar = nar_of(b"old add contents\n");
@@ -1262,7 +1267,9 @@ async fn a_protocol_1_21_session() {
     assert_eq!(imported, Response::PathList(vec![p.clone()]));
     let e = remote(c.ensure_path(&fresh_path("gone")).await.unwrap_err());
     assert!(
-        e.msg.starts_with("error: path '") && e.msg.ends_with("cannot be created"),
+        e.msg.starts_with("error: path '")
+            && e.msg
+                .ends_with("is required, but there is no substituter that can build it"),
         "{e}"
     );
     assert!(c.is_valid_path(&p).await.unwrap());
@@ -1311,4 +1318,73 @@ fn stdio_serves_one_session() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The per-user directories depend on the client's protocol: created below 1.35 (the
+/// clients of nix-daemon ≤ 2.13 need them), not from 1.35 on.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_user_directories_follow_the_protocol_version() {
+    let store = TestStore::new();
+    let d = nixnest(&store);
+    let dirs = ["profiles/per-user/root", "gcroots/per-user/root"];
+    let mut c = connect_at(&d, &store, ProtocolVersion::new(1, 35)).await;
+    assert!(c.is_valid_path(&fresh_path("x")).await.is_ok());
+    for dir in dirs {
+        assert!(!store.state_dir().join(dir).exists(), "{dir} after 1.35");
+    }
+    let mut c = connect_at(&d, &store, ProtocolVersion::new(1, 34)).await;
+    assert!(c.is_valid_path(&fresh_path("x")).await.is_ok());
+    for dir in dirs {
+        assert!(store.state_dir().join(dir).is_dir(), "{dir} after 1.34");
+    }
+}
+
+/// `keep-derivations` is the session's: a trusted client that turns it off for itself
+/// sees an otherwise-live deriver as dead; other sessions still keep it.
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_derivations_is_per_session() {
+    let store = TestStore::new();
+    let d = nixnest(&store);
+    let sd = store_dir(&store);
+    let (drv, drv_path) = simple_drv(&store, "kept", "echo kept > $out");
+    let out = out_path(&store, &drv);
+    {
+        // Added and built by a session that then leaves, so only `out` is rooted below.
+        let mut builder = connect(&d, &store).await;
+        builder
+            .add_text_to_store(
+                "kept.drv",
+                drv.to_aterm(&sd).unwrap().as_bytes(),
+                &BTreeSet::new(),
+            )
+            .await
+            .unwrap();
+        let wanted = DerivedPath::Built {
+            drv_path: drv_path.clone(),
+            outputs: OutputsSpec::All,
+        };
+        builder
+            .build_paths(&[wanted], BuildMode::Normal)
+            .await
+            .unwrap();
+    }
+    eventually("the builder's temp roots to go", || {
+        temproots_files(&store).is_empty()
+    })
+    .await;
+    let mut keeper = connect(&d, &store).await;
+    keeper.add_temp_root(&out).await.unwrap();
+    let mut lax = connect(&d, &store).await;
+    lax.set_options(&ClientSettings {
+        overrides: vec![("keep-derivations".into(), "false".into())],
+        ..ClientSettings::default()
+    })
+    .await
+    .unwrap();
+    let none = BTreeSet::new();
+    let dead = |r: nixnest_protocol::types::GcResult| r.paths.contains(&sd.print(&drv_path));
+    let gc_dead = gc(GcAction::ReturnDead, none);
+    assert!(!dead(keeper.collect_garbage(&gc_dead).await.unwrap()));
+    assert!(dead(lax.collect_garbage(&gc_dead).await.unwrap()));
+    assert!(!dead(keeper.collect_garbage(&gc_dead).await.unwrap()));
 }

@@ -715,26 +715,28 @@ impl Scheduler {
     }
 
     /// EnsurePath (10): the path is valid, or CppNix's error (there are no substituters).
+    /// As in CppNix, a valid path is not temp-rooted (only the substitution CppNix would
+    /// then attempt roots it), and the error is 2.34's (2.8 said "path '…' does not exist
+    /// and cannot be created"; nixnest speaks as 2.34 to every client).
     pub async fn ensure_path(&self, path: &StorePath, roots: Option<&TempRoots>) -> Result<()> {
-        if let Some(r) = roots {
-            r.add_path(path)?;
-        }
         let store = Arc::clone(&self.store);
         let p = path.clone();
         let valid = tokio::task::spawn_blocking(move || store.is_valid_path(&p))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         if valid {
-            Ok(())
-        } else {
-            Err(Error::Failed {
-                msg: format!(
-                    "path '{}' does not exist and cannot be created",
-                    self.store.print(path)
-                ),
-                exit_status: 1,
-            })
+            return Ok(());
         }
+        if let Some(r) = roots {
+            r.add_path(path)?;
+        }
+        Err(Error::Failed {
+            msg: format!(
+                "path '{}' is required, but there is no substituter that can build it",
+                self.store.print(path)
+            ),
+            exit_status: 1,
+        })
     }
 }
 
