@@ -47,6 +47,7 @@ fn inner_results_are_real_dependencies() {
           echo unmentioned > $TMPDIR/loose
           loose=$(nix-store --add $TMPDIR/loose)
           test -e $loose
+          touch /build/waiting
           while [ ! -e /build/go ]; do sleep 0.1; done
           echo $result > $out
         '' {}"#,
@@ -56,9 +57,12 @@ fn inner_results_are_real_dependencies() {
     cmd.arg("-o").arg(&result_link);
     let build = Background::spawn(cmd, r.store.root(), "gc-build");
 
+    // Wait for the build's own word that both adds are done: while an add runs, its
+    // temporary object (`<random>-loose`) is in the store dir too.
     assert!(
-        eventually(WAIT, || !r.paths_named("loose").is_empty()
-            && r.build_dir_of("gc-outer").is_some()),
+        eventually(WAIT, || r
+            .build_dir_of("gc-outer")
+            .is_some_and(|d| d.join("waiting").exists())),
         "the outer build did not get to its wait:\n{}",
         build.stderr()
     );
