@@ -1,0 +1,85 @@
+//! The crate's one error type.
+//!
+//! A benchmark run keeps going when one daemon fails one workload: the error becomes that
+//! cell of the table. [`Error::Unsupported`] is the daemon saying it cannot do the work at
+//! all yet (no builder, no recursive Nix) and is shown as "not measured"; everything else
+//! is shown as "failed".
+
+use std::process::Output;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("worker protocol: {0}")]
+    Protocol(#[from] nixnest_protocol::Error),
+
+    #[error("{0}")]
+    Core(#[from] nixnest_core::Error),
+
+    #[error("NAR: {0}")]
+    Nar(#[from] nixnest_core::nar::NarError),
+
+    #[error("{stderr} ({status}; command: {command})")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+
+    /// The daemon cannot do what the workload needs (yet); not a measurement failure.
+    #[error("{0}")]
+    Unsupported(String),
+
+    /// The daemon answered, but not what the workload set up (wrong count, missing path):
+    /// timing it would measure something else.
+    #[error("check failed: {0}")]
+    Check(String),
+
+    /// A bad command-line value or machine precondition.
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The error of a finished command that did not exit with status 0.
+    pub fn command(cmd: &std::process::Command, out: &Output) -> Self {
+        Error::Command {
+            command: nixnest_testkit::run::describe(cmd),
+            status: out.status.to_string(),
+            stderr: last_lines(&String::from_utf8_lossy(&out.stderr), 6),
+        }
+    }
+}
+
+/// The last `n` non-empty lines of a program's stderr: where Nix puts the error.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    lines.get(start..).unwrap_or_default().join("\n")
+}
+
+/// Extension for attaching a context to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(what(), e))
+    }
+}
