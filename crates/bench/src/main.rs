@@ -78,6 +78,11 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     nixnest_daemon: Option<PathBuf>,
 
+    /// Exit with status 1 if nixnest failed a workload too (by default only a failure of
+    /// a real nix-daemon does: that means the harness itself is broken).
+    #[arg(long)]
+    strict: bool,
+
     /// Where the big NAR files of the import workloads go (default: a fresh directory
     /// under /tmp, removed at the end).
     #[arg(long, value_name = "DIR")]
@@ -200,7 +205,16 @@ impl Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Verdict::Fine) => ExitCode::SUCCESS,
+        Ok(Verdict::HarnessBroken(what)) => {
+            eprintln!("error: the harness failed against a real nix-daemon: {what}");
+            ExitCode::FAILURE
+        }
+        Ok(Verdict::NixnestFailed(what)) if cli.strict => {
+            eprintln!("error: nixnest failed (--strict): {what}");
+            ExitCode::FAILURE
+        }
+        Ok(Verdict::NixnestFailed(_)) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -208,7 +222,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> Result<()> {
+/// What the exit status says (see `--strict`).
+enum Verdict {
+    Fine,
+    /// A real nix-daemon failed a workload: the harness is broken.
+    HarnessBroken(String),
+    NixnestFailed(String),
+}
+
+fn run(cli: &Cli) -> Result<Verdict> {
     if !rustix::process::geteuid().is_root() {
         return Err(Error::Setup(
             "nixnest-bench needs root (daemons, chroots, build users, cgroups)".into(),
@@ -263,6 +285,24 @@ fn run(cli: &Cli) -> Result<()> {
         let _ = std::fs::remove_dir_all(&scratch);
     }
 
+    let failures = |real: bool| -> Vec<String> {
+        rows.iter()
+            .flat_map(|row| {
+                row.outcomes.iter().filter_map(move |(k, o)| match o {
+                    workloads::Outcome::Failed(_) if (*k != Kind::Nixnest) == real => {
+                        Some(format!("{} on {}", row.id, k.id()))
+                    }
+                    _ => None,
+                })
+            })
+            .collect()
+    };
+    let verdict = match (failures(true), failures(false)) {
+        (real, _) if !real.is_empty() => Verdict::HarnessBroken(real.join(", ")),
+        (_, ours) if !ours.is_empty() => Verdict::NixnestFailed(ours.join(", ")),
+        _ => Verdict::Fine,
+    };
+
     let report = report::Report {
         machine,
         command: command_line(),
@@ -286,7 +326,7 @@ fn run(cli: &Cli) -> Result<()> {
         std::fs::write(path, json + "\n")
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
-    Ok(())
+    Ok(verdict)
 }
 
 /// The command as typed, for the report: `nixnest-bench` and its arguments.

@@ -11,6 +11,10 @@
 //!   `/sys/fs/cgroup/unified` on hybrid v1/v2 machines) and is used for *tracking only*:
 //!   no controller is needed. Without a writable v2 hierarchy the set is the daemon's
 //!   descendants found through `/proc/<pid>/stat`.
+//! * **Whose memory.** Processes of the set that run under another uid than the daemon
+//!   process — builders, and whatever they start, such as the Nix client inside a
+//!   recursive build — are the build's memory, not the daemon's, and are left out (they
+//!   run as build users; the daemon and its workers as root).
 //! * **How much memory.** For each process, `/proc/<pid>/smaps_rollup` gives `Pss`
 //!   (proportional set size: a page shared by k processes counts 1/k in each), and
 //!   `/proc/<pid>/status` gives `VmHWM` (the kernel's exact peak RSS of that process).
@@ -87,11 +91,27 @@ impl ProcSet {
     /// One look at every process of the set.
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
+        let mut daemon_uid = None;
         for pid in self.pids() {
-            let Some(pss) = read_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:") else {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                continue; // exited meanwhile
+            };
+            let uid = status_field(&status, "Uid:");
+            if pid == self.main {
+                daemon_uid = uid;
+            } else if uid != daemon_uid {
+                // A builder (or what it started) running as a build user: the build's
+                // memory, not the daemon's.
+                snap.build_processes += 1;
+                continue;
+            }
+            let Some(pss) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                .ok()
+                .and_then(|t| status_field(&t, "Pss:"))
+            else {
                 continue; // exited meanwhile, or a kernel thread
             };
-            let hwm = read_kib(&format!("/proc/{pid}/status"), "VmHWM:").unwrap_or(0);
+            let hwm = status_field(&status, "VmHWM:").unwrap_or(0);
             snap.processes += 1;
             snap.pss_kib += pss;
             if pid == self.main {
@@ -165,6 +185,8 @@ pub struct Snapshot {
     pub main_hwm_kib: u64,
     /// Largest `VmHWM` of any other process of the set.
     pub worker_max_hwm_kib: u64,
+    /// Processes of the set running as another user (builders), not counted.
+    pub build_processes: usize,
 }
 
 /// The highest values seen while sampling.
@@ -174,6 +196,8 @@ pub struct MemoryPeak {
     pub main_hwm_kib: u64,
     pub worker_max_hwm_kib: u64,
     pub processes_peak: usize,
+    /// Most builder processes (not counted) seen at once.
+    pub build_processes_peak: usize,
     pub samples: u64,
     pub cgroup_peak_kib: Option<u64>,
 }
@@ -184,6 +208,7 @@ impl MemoryPeak {
         self.main_hwm_kib = self.main_hwm_kib.max(s.main_hwm_kib);
         self.worker_max_hwm_kib = self.worker_max_hwm_kib.max(s.worker_max_hwm_kib);
         self.processes_peak = self.processes_peak.max(s.processes);
+        self.build_processes_peak = self.build_processes_peak.max(s.build_processes);
         self.samples += 1;
     }
 
@@ -198,6 +223,7 @@ impl MemoryPeak {
         self.main_hwm_kib = self.main_hwm_kib.max(other.main_hwm_kib);
         self.worker_max_hwm_kib = self.worker_max_hwm_kib.max(other.worker_max_hwm_kib);
         self.processes_peak = self.processes_peak.max(other.processes_peak);
+        self.build_processes_peak = self.build_processes_peak.max(other.build_processes_peak);
         self.samples += other.samples;
         self.cgroup_peak_kib = match (self.cgroup_peak_kib, other.cgroup_peak_kib) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -226,9 +252,9 @@ impl Sampler {
     }
 }
 
-/// The value in KiB of the line starting with `key` (`Pss:      1234 kB`).
-fn read_kib(path: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// The first number on the line starting with `key` (`Pss:      1234 kB` → 1234,
+/// `Uid:\t0\t0\t0\t0` → 0).
+fn status_field(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|rest| rest.split_whitespace().next())
@@ -321,6 +347,42 @@ mod tests {
     }
 
     #[test]
+    fn processes_of_other_users_are_builds() {
+        use std::io::Write;
+        // As root: the shell forks a child that drops to `nobody`, like a builder.
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: needs root to run a child as another user");
+            return;
+        }
+        let mut child = std::process::Command::new("/bin/sh")
+            .args([
+                "-c",
+                "read go; setpriv --reuid 65534 --regid 65534 --clear-groups sleep 30 & wait",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let set = ProcSet::track(child.id(), "uid-test");
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut s = set.snapshot();
+        for _ in 0..100 {
+            if s.build_processes >= 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            s = set.snapshot();
+        }
+        assert_eq!((s.processes, s.build_processes), (1, 1), "{s:?}");
+        for pid in set.pids() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn peak_takes_the_larger_of_pss_sum_and_main_hwm() {
         let mut p = MemoryPeak::default();
         p.add(&Snapshot {
@@ -328,14 +390,17 @@ mod tests {
             pss_kib: 900,
             main_hwm_kib: 500,
             worker_max_hwm_kib: 400,
+            build_processes: 2,
         });
         p.add(&Snapshot {
             processes: 1,
             pss_kib: 300,
             main_hwm_kib: 1000,
             worker_max_hwm_kib: 0,
+            build_processes: 0,
         });
         assert_eq!(p.rss_kib(), 1000);
+        assert_eq!(p.build_processes_peak, 2);
         assert_eq!(p.processes_peak, 3);
         assert_eq!(p.worker_max_hwm_kib, 400);
     }

@@ -197,13 +197,14 @@ impl Report {
                 row.outcomes.iter().filter_map(move |(k, o)| match o {
                     Outcome::Measured(m) => m.memory.map(|p| {
                         format!(
-                            "* {} on {}: PSS-sum peak {}, main VmHWM {}, largest other VmHWM {}, up to {} processes, {} samples{}",
+                            "* {} on {}: PSS-sum peak {}, main VmHWM {}, largest other VmHWM {}, up to {} processes (+{} builders, not counted), {} samples{}",
                             row.id,
                             k.id(),
                             fmt_kib(p.pss_peak_kib),
                             fmt_kib(p.main_hwm_kib),
                             fmt_kib(p.worker_max_hwm_kib),
                             p.processes_peak,
+                            p.build_processes_peak,
                             p.samples,
                             p.cgroup_peak_kib
                                 .map(|c| format!(", cgroup memory.peak {}", fmt_kib(c)))
@@ -300,6 +301,7 @@ fn outcome_json(o: &Outcome, timed: bool) -> Value {
                     "main_hwm_kib": p.main_hwm_kib,
                     "worker_max_hwm_kib": p.worker_max_hwm_kib,
                     "processes_peak": p.processes_peak,
+                    "build_processes_peak": p.build_processes_peak,
                     "samples": p.samples,
                     "cgroup_peak_kib": p.cgroup_peak_kib,
                 })),

@@ -49,7 +49,7 @@ pub fn start(ctx: &Ctx, kind: Kind) -> Result<Box<dyn Runner>> {
 
 /// The line of a Nix client's output that states the error (Nix prints the expression
 /// around it too).
-fn first_error_line(text: &str) -> String {
+pub(super) fn first_error_line(text: &str) -> String {
     text.lines()
         .map(str::trim)
         .find(|l| l.starts_with("error:"))
