@@ -25,7 +25,7 @@ pub enum Error {
     #[error("NAR: {0}")]
     Nar(#[from] nixnest_core::nar::NarError),
 
-    #[error("{stderr} ({status}; command: {command})")]
+    #[error("{status}: {stderr} (command: {command})")]
     Command {
         command: String,
         status: String,
@@ -61,15 +61,25 @@ impl Error {
         Error::Command {
             command: nixnest_testkit::run::describe(cmd),
             status: out.status.to_string(),
-            stderr: last_lines(&String::from_utf8_lossy(&out.stderr), 6),
+            stderr: error_lines(&String::from_utf8_lossy(&out.stderr)),
         }
     }
 }
 
-/// The last `n` non-empty lines of a program's stderr: where Nix puts the error.
-pub fn last_lines(text: &str, n: usize) -> String {
+/// What a program's stderr says about its failure: the lines mentioning an error (Nix
+/// prints `error:` lines, possibly among progress), else the last few lines.
+pub fn error_lines(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(n);
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("error") || l.contains("warning"))
+        .take(8)
+        .collect();
+    if !errors.is_empty() {
+        return errors.join("\n");
+    }
+    let start = lines.len().saturating_sub(4);
     lines.get(start..).unwrap_or_default().join("\n")
 }
 
