@@ -212,14 +212,41 @@ pub fn no_build_message(user: &str) -> String {
 // The impure half: kernel credentials and the user/group databases
 // ---------------------------------------------------------------------------------------
 
-/// `SO_PEERCRED` of a connected Unix socket.
+/// `SO_PEERCRED` of a connected Unix socket. The kernel reports pid 0 when the peer's
+/// process is outside our PID namespace (a client in a container, or a daemon in its own
+/// namespace); that is `pid: None`, not an error (rustix's typed call refuses pid 0, so
+/// this reads the option directly).
 pub fn peer_credentials(socket: impl std::os::fd::AsFd) -> std::io::Result<PeerCred> {
-    let cred = rustix::net::sockopt::socket_peercred(socket)?;
-    let pid = cred.pid.as_raw_nonzero().get();
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the size passed; the fd is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "SO_PEERCRED returned a short answer",
+        ));
+    }
     Ok(PeerCred {
-        pid: u32::try_from(pid).ok(),
-        uid: cred.uid.as_raw(),
-        gid: cred.gid.as_raw(),
+        pid: u32::try_from(cred.pid).ok().filter(|p| *p != 0),
+        uid: cred.uid,
+        gid: cred.gid,
     })
 }
 
@@ -400,6 +427,17 @@ mod nss {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_credentials_of_a_socket_pair() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let cred = peer_credentials(&a).unwrap();
+        assert_eq!(cred.pid, Some(std::process::id()));
+        assert_eq!(cred.uid, rustix::process::geteuid().as_raw());
+        assert_eq!(cred.gid, rustix::process::getegid().as_raw());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(peer_credentials(&file).is_err());
+    }
     use crate::config::ConfigEnv;
 
     fn settings(configure: impl FnOnce(&mut Settings)) -> Settings {

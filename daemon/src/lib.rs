@@ -1,6 +1,6 @@
-//! `nixnest-daemon`: the daemon's foundation — configuration (`nix.conf`), peer
-//! authorization, the accept loop and the control socket. The worker-protocol session
-//! plugs in through [`listener::Handler`].
+//! `nixnest-daemon`: configuration (`nix.conf`), peer authorization, the accept loop,
+//! the control socket, and the worker-protocol session that serves each connection
+//! (plugged in through [`listener::Handler`]).
 //!
 //! Module map:
 //! * [`config`] — `nix.conf` grammar, file locations, typed [`config::Settings`], and the
@@ -8,7 +8,13 @@
 //! * [`auth`] — `SO_PEERCRED` → [`auth::PeerInfo`] → the pure [`auth::authorize`];
 //! * [`listener`] — binding / socket activation, connection cap, backoff, shutdown;
 //! * [`control`] — the session/build [`control::Registry`] and the root-only control socket;
-//! * [`cli`] — command-line flags (`nix-daemon` compatible).
+//! * [`cli`] — command-line flags (`nix-daemon` compatible);
+//! * [`session`] — the worker-protocol session ([`session::Worker`] is the handler):
+//!   handshake, the request loop, per-session state;
+//! * [`work`] — the work phase: stderr output and the blocking-store-call helper;
+//! * [`ops`] — one handler per operation, grouped by module;
+//! * [`policy`] — every trust-dependent rule; [`view`] — what a session may see (the
+//!   seam for recursive Nix); [`error`] — how operations fail.
 
 // `unwrap`/`expect` are fine in tests (COMMON.md); the workspace lints forbid them elsewhere.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -17,7 +23,13 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod error;
 pub mod listener;
+pub mod ops;
+pub mod policy;
+pub mod session;
+pub mod view;
+pub mod work;
 
 /// nixnest's own version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

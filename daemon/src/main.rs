@@ -10,34 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use nixnest_daemon::cli::{self, Cli, Command, TrustOverride};
 use nixnest_daemon::config::{self, ConfigEnv, Settings};
 use nixnest_daemon::control::{self, Registry};
-use nixnest_daemon::listener::{
-    self, ActivatedSocket, Connection, Handler, Listener, ListenerConfig,
-};
+use nixnest_daemon::listener::{self, ActivatedSocket, Listener, ListenerConfig};
+use nixnest_daemon::session::Worker;
+use nixnest_store::{LocalStore, PublicKey, StoreConfig};
 
 type MainResult = Result<(), Box<dyn std::error::Error>>;
-
-/// TEMPORARY stand-in for the worker-protocol session, which is written separately:
-/// it logs the admitted connection and closes it without speaking the protocol.
-struct PlaceholderHandler;
-
-impl Handler for PlaceholderHandler {
-    async fn handle<S>(&self, conn: Connection<S>)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        tracing::warn!(
-            "worker protocol not implemented yet (placeholder handler): closing connection {} ({})",
-            conn.id,
-            conn.access.as_str()
-        );
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -80,9 +62,12 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// The runtime. Every session may hold a blocking-pool thread while the store works
+/// for it (or waits for the client's upload), so the pool is sized for all of them.
+fn runtime(sessions: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(sessions.saturating_add(64).max(512))
         .build()
 }
 
@@ -91,7 +76,7 @@ fn run_status(json: bool, control_socket: Option<std::path::PathBuf>) -> MainRes
         Some(path) => path,
         None => control::control_socket_path(&ConfigEnv::from_process()?.state_dir),
     };
-    let status = runtime()?.block_on(control::query_status(&path))?;
+    let status = runtime(1)?.block_on(control::query_status(&path))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -119,14 +104,55 @@ fn load_settings(cli: &Cli) -> Result<Settings, Box<dyn std::error::Error>> {
     Ok(settings)
 }
 
+/// The store as the settings describe it (the store obeys only these settings; the rest
+/// is the session's and the builder's business).
+fn open_store(settings: &Settings) -> Result<LocalStore, Box<dyn std::error::Error>> {
+    let build_users_gid = match settings.build_users_group.as_str() {
+        "" => None,
+        group => {
+            let gid = nixnest_daemon::auth::group_id(group);
+            if gid.is_none() {
+                tracing::warn!(
+                    "the group '{group}' specified in 'build-users-group' does not exist"
+                );
+            }
+            gid
+        }
+    };
+    let mut trusted_public_keys = Vec::new();
+    for key in &settings.trusted_public_keys {
+        match PublicKey::parse(key) {
+            Ok(k) => trusted_public_keys.push(k),
+            Err(e) => tracing::warn!("ignoring trusted public key '{key}': {e}"),
+        }
+    }
+    let config = StoreConfig {
+        store_dir: settings.store_dir.clone(),
+        state_dir: settings.state_dir.clone(),
+        log_dir: settings.log_dir.clone(),
+        keep_outputs: settings.keep_outputs,
+        keep_derivations: settings.keep_derivations,
+        gc_reserved_space: settings.gc_reserved_space,
+        fsync_metadata: settings.fsync_metadata,
+        build_users_gid,
+        require_sigs: settings.require_sigs,
+        trusted_public_keys,
+        auto_optimise_store: settings.auto_optimise_store,
+    };
+    let store = LocalStore::open(config, &nixnest_store::logger::TracingLogger)
+        .map_err(|e| format!("opening the store {}: {e}", settings.store_dir.display()))?;
+    Ok(store)
+}
+
 fn run_daemon(cli: &Cli) -> MainResult {
     let settings = load_settings(cli)?;
     let trust = cli.trust_override();
     cli::check_trust_override(trust, cli.stdio, &settings)?;
 
     if cli.stdio {
-        let rt = runtime()?;
-        let result = rt.block_on(serve_stdio(Arc::new(settings), trust));
+        let worker = Worker::new(Arc::new(open_store(&settings)?));
+        let rt = runtime(1)?;
+        let result = rt.block_on(serve_stdio(Arc::new(settings), trust, worker));
         // A blocking stdin read may still be parked on the blocking pool.
         rt.shutdown_timeout(Duration::from_secs(1));
         return result;
@@ -134,8 +160,9 @@ fn run_daemon(cli: &Cli) -> MainResult {
 
     // SAFETY: no runtime and no other thread exist yet.
     let activated = unsafe { listener::take_activation_fds() }?;
-    let rt = runtime()?;
-    let result = rt.block_on(serve_socket(Arc::new(settings), activated, trust));
+    let worker = Worker::new(Arc::new(open_store(&settings)?));
+    let rt = runtime(settings.max_connections)?;
+    let result = rt.block_on(serve_socket(Arc::new(settings), activated, trust, worker));
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -169,20 +196,13 @@ fn signals() -> std::io::Result<(impl Future<Output = ()>, impl Future<Output = 
     Ok((after(1), after(2)))
 }
 
-async fn serve_stdio(settings: Arc<Settings>, trust: TrustOverride) -> MainResult {
+async fn serve_stdio(settings: Arc<Settings>, trust: TrustOverride, worker: Worker) -> MainResult {
     let registry = Registry::new();
     let (trigger, shutdown) = listener::shutdown_channel();
     let (stop, force) = signals()?;
     let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
     let access = nixnest_daemon::auth::stdio_access(trust == TrustOverride::ForceUntrusted);
-    let session = listener::serve_one(
-        &PlaceholderHandler,
-        stream,
-        access,
-        settings,
-        &registry,
-        shutdown,
-    );
+    let session = listener::serve_one(&worker, stream, access, settings, &registry, shutdown);
     let mut session = pin!(session);
     tokio::select! {
         () = &mut session => return Ok(()),
@@ -200,6 +220,7 @@ async fn serve_socket(
     settings: Arc<Settings>,
     activated: Option<Vec<ActivatedSocket>>,
     trust: TrustOverride,
+    worker: Worker,
 ) -> MainResult {
     let sockets = match activated {
         Some(passed) => {
@@ -235,7 +256,7 @@ async fn serve_socket(
         sockets,
         Arc::clone(&settings),
         Arc::clone(&registry),
-        Arc::new(PlaceholderHandler),
+        Arc::new(worker),
         config,
     )?;
 

@@ -36,6 +36,8 @@ impl Env {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("NIX_CONF_DIR", self.dir.path().join("etc"))
             .env("NIX_STATE_DIR", self.state())
+            .env("NIX_STORE_DIR", self.dir.path().join("store"))
+            .env("NIX_LOG_DIR", self.dir.path().join("log"))
             .env("NIX_USER_CONF_FILES", "")
             .env("RUST_LOG", "debug");
         cmd
@@ -136,9 +138,24 @@ fn wait_for_path(path: &Path) {
     }
 }
 
-/// Connects and reads until EOF: the placeholder handler closes without protocol bytes.
+/// Connects, sends nothing (shutting down its side) and reads until EOF: a connection
+/// that ends before the handshake gets no protocol bytes.
 fn connect_and_read(path: &Path) -> Vec<u8> {
-    let mut stream = UnixStream::connect(path).unwrap();
+    // The socket file appears at bind(2), a moment before listen(2).
+    let deadline = Instant::now() + PATIENCE;
+    let mut stream = loop {
+        match UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("connecting to {}: {e}", path.display()),
+        }
+    };
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes).unwrap();
@@ -180,7 +197,7 @@ fn socket_activation_picks_up_fd_3() {
     assert!(!env.state().join("daemon-socket/socket").exists());
     // A second connection reaches the same process.
     assert_eq!(connect_and_read(&socket), b"");
-    daemon.expect_log("closing connection 2");
+    daemon.expect_log("conn{id=2");
     assert!(daemon.terminate().success());
 }
 

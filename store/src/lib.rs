@@ -55,7 +55,7 @@ pub use buildlog::BuildLogWriter;
 pub use config::{PublicKey, StoreConfig};
 pub use error::{Error, Result};
 pub use gc::{GcAction, GcOptions, GcResults, Roots};
-pub use logger::{Logger, NullLogger, Verbosity};
+pub use logger::{Logger, NullLogger, ResultType, Verbosity};
 pub use optimise::OptimiseStats;
 pub use store::LocalStore;
 pub use temproots::TempRoots;

@@ -30,6 +30,14 @@ pub enum ActivityType {
     VerifyPaths = 107,
 }
 
+/// Nix's result types reported by the store, with their wire numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u64)]
+pub enum ResultType {
+    /// A file was replaced by a hard link: fields `[bytes, blocks]` (`resFileLinked`).
+    FileLinked = 100,
+}
+
 /// Receives the store's progress messages. Implementations must be cheap and must not
 /// call back into the store.
 pub trait Logger: Send + Sync {
@@ -43,8 +51,42 @@ pub trait Logger: Send + Sync {
     /// Progress of an activity: `done` of `expected` units.
     fn progress(&self, _id: u64, _done: u64, _expected: u64) {}
 
+    /// A result of an activity (CppNix's `Activity::result`), integer fields only.
+    fn result(&self, _id: u64, _kind: ResultType, _fields: &[u64]) {}
+
     /// End of an activity.
     fn stop_activity(&self, _id: u64) {}
+}
+
+/// Stops an activity when dropped, so every started activity is stopped even when the
+/// operation fails half-way (CppNix's `Activity` destructor).
+pub(crate) struct ActivityGuard<'a> {
+    logger: &'a dyn Logger,
+    id: u64,
+}
+
+impl<'a> ActivityGuard<'a> {
+    /// Starts an activity with a fresh id.
+    pub(crate) fn start(
+        logger: &'a dyn Logger,
+        level: Verbosity,
+        kind: ActivityType,
+        text: &str,
+    ) -> Self {
+        let id = next_activity_id();
+        logger.start_activity(id, level, kind, text);
+        ActivityGuard { logger, id }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for ActivityGuard<'_> {
+    fn drop(&mut self) {
+        self.logger.stop_activity(self.id);
+    }
 }
 
 /// Discards everything.

@@ -18,7 +18,7 @@ use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use crate::logger::{Logger, Verbosity};
+use crate::logger::{ActivityGuard, ActivityType, Logger, ResultType, Verbosity};
 use crate::store::LocalStore;
 
 /// What an optimisation run achieved.
@@ -50,6 +50,8 @@ struct Optimiser<'a> {
     pool_inodes: HashSet<u64>,
     stats: OptimiseStats,
     logger: &'a dyn Logger,
+    /// The per-path activity that `resFileLinked` results belong to (`optimise_store`).
+    activity: Option<u64>,
 }
 
 impl LocalStore {
@@ -72,6 +74,7 @@ impl LocalStore {
             pool_inodes,
             stats: OptimiseStats::default(),
             logger,
+            activity: None,
         })
     }
 
@@ -86,7 +89,10 @@ impl LocalStore {
         Ok(o.stats)
     }
 
-    /// Deduplicates every valid path (`nix-store --optimise`).
+    /// Deduplicates every valid path (`nix-store --optimise`). Reports like CppNix: an
+    /// `actOptimiseStore` activity with `resProgress` per path, inside it one
+    /// `optimising path '…'` activity per path carrying a `resFileLinked [bytes, blocks]`
+    /// result per file replaced by a link, then the summary line.
     pub fn optimise_store(&self, logger: &dyn Logger) -> Result<OptimiseStats> {
         let mut o = self.optimiser(logger, true)?;
         let paths = self.query_all_valid_paths()?;
@@ -94,13 +100,19 @@ impl LocalStore {
             .store_fd
             .try_clone()
             .ctx("duplicating", self.real_store_dir())?;
-        for p in paths {
+        let act = ActivityGuard::start(logger, Verbosity::Error, ActivityType::OptimiseStore, "");
+        let total = paths.len() as u64;
+        logger.progress(act.id(), 0, total);
+        for (done, p) in (1u64..).zip(paths) {
             let base = p.to_base_name();
             let real = self.real_store_dir().join(&base);
-            logger.log(
+            let path_act = ActivityGuard::start(
+                logger,
                 Verbosity::Talkative,
+                ActivityType::Unknown,
                 &format!("optimising path '{}'", self.print(&p)),
             );
+            o.activity = Some(path_act.id());
             match o.object(
                 store_fd.as_fd(),
                 &fsutil::component(OsStr::new(&base))?,
@@ -112,7 +124,11 @@ impl LocalStore {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(e),
             }
+            drop(path_act);
+            o.activity = None;
+            logger.progress(act.id(), done, total);
         }
+        drop(act);
         logger.log(Verbosity::Info, &o.stats.summary());
         Ok(o.stats)
     }
@@ -232,9 +248,102 @@ impl Optimiser<'_> {
             let _ = rustix::fs::unlinkat(&self.store_fd, &tmp, AtFlags::empty());
             return Err(Error::io_at("replacing with a link", display, e.into()));
         }
+        let bytes = u64::try_from(st.st_size).unwrap_or(0);
+        let blocks = u64::try_from(st.st_blocks).unwrap_or(0);
         self.stats.files_linked += 1;
-        self.stats.bytes_freed += u64::try_from(st.st_size).unwrap_or(0);
-        self.stats.blocks_freed += u64::try_from(st.st_blocks).unwrap_or(0);
+        self.stats.bytes_freed += bytes;
+        self.stats.blocks_freed += blocks;
+        if let Some(act) = self.activity {
+            self.logger
+                .result(act, ResultType::FileLinked, &[bytes, blocks]);
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use crate::logger::{ActivityType, Logger, ResultType, Verbosity};
+    use crate::testutil::new_store;
+
+    /// Records activity events as text.
+    #[derive(Default)]
+    struct Events(Mutex<Vec<String>>);
+
+    impl Events {
+        fn push(&self, s: String) {
+            self.0.lock().unwrap().push(s);
+        }
+    }
+
+    impl Logger for Events {
+        fn log(&self, _level: Verbosity, msg: &str) {
+            self.push(format!("log {msg}"));
+        }
+        fn start_activity(&self, id: u64, level: Verbosity, kind: ActivityType, text: &str) {
+            self.push(format!(
+                "start {} {level:?} {kind:?} {text}",
+                id & 0xffff_ffff
+            ));
+        }
+        fn progress(&self, id: u64, done: u64, expected: u64) {
+            self.push(format!("progress {} {done}/{expected}", id & 0xffff_ffff));
+        }
+        fn result(&self, id: u64, kind: ResultType, fields: &[u64]) {
+            self.push(format!("result {} {kind:?} {fields:?}", id & 0xffff_ffff));
+        }
+        fn stop_activity(&self, id: u64) {
+            self.push(format!("stop {}", id & 0xffff_ffff));
+        }
+    }
+
+    #[test]
+    fn optimise_store_reports_activities_and_linked_files() {
+        let (_d, s) = new_store();
+        let roots = s.temp_roots_session();
+        let a = s
+            .add_text("a", b"same\n", &BTreeSet::new(), &roots, &Events::default())
+            .unwrap();
+        let b = s
+            .add_text("b", b"same\n", &BTreeSet::new(), &roots, &Events::default())
+            .unwrap();
+        // Paths are optimised in store-path order; the second one gets linked.
+        let (first_path, second_path) = if a.path < b.path { (a, b) } else { (b, a) };
+        let events = Events::default();
+        let stats = s.optimise_store(&events).unwrap();
+        assert_eq!(stats.files_linked, 1);
+        let ev = events.0.into_inner().unwrap();
+        let id = |line: &str| line.split(' ').nth(1).unwrap().to_owned();
+        let outer = id(&ev[0]);
+        assert_eq!(ev[0], format!("start {outer} Error OptimiseStore "));
+        assert_eq!(ev[1], format!("progress {outer} 0/2"));
+        // Per path: start, (result), stop, progress.
+        let first = id(&ev[2]);
+        assert_eq!(
+            ev[2],
+            format!(
+                "start {first} Talkative Unknown optimising path '{}'",
+                s.print(&first_path.path)
+            )
+        );
+        assert_eq!(ev[3], format!("stop {first}"));
+        assert_eq!(ev[4], format!("progress {outer} 1/2"));
+        let second = id(&ev[5]);
+        assert!(ev[5].ends_with(&format!("'{}'", s.print(&second_path.path))));
+        assert!(
+            ev[6].starts_with(&format!("result {second} FileLinked [5, ")),
+            "{ev:?}"
+        );
+        assert_eq!(ev[7], format!("stop {second}"));
+        assert_eq!(ev[8], format!("progress {outer} 2/2"));
+        assert_eq!(ev[9], format!("stop {outer}"));
+        assert!(
+            ev[10].starts_with("log ") && ev[10].ends_with("hard-linking 1 files"),
+            "{ev:?}"
+        );
+        assert_eq!(ev.len(), 11, "{ev:?}");
     }
 }
