@@ -39,12 +39,16 @@ pub fn start(ctx: &Ctx, kind: Kind) -> Result<Box<dyn Runner>> {
     }
     let probe = Build { kind };
     if let Err(e) = probe.build_dag(ctx, 1, false) {
-        return Err(match kind {
-            Kind::Nixnest => Error::Unsupported(format!(
+        return Err(match (kind, e) {
+            (Kind::Nixnest, Error::Command { stderr, .. }) => Error::Unsupported(format!(
+                "the daemon cannot build yet: {}",
+                first_error_line(&stderr)
+            )),
+            (Kind::Nixnest, e) => Error::Unsupported(format!(
                 "the daemon cannot build yet: {}",
                 first_error_line(&e.to_string())
             )),
-            Kind::Nix(_) => e,
+            (Kind::Nix(_), e) => e,
         });
     }
     Ok(Box::new(probe))

@@ -46,12 +46,16 @@ pub fn start(ctx: &Ctx, kind: Kind) -> Result<Box<dyn Runner>> {
     }
     let probe = Recursive { kind, bundle };
     if let Err(e) = probe.build(ctx, 1, false) {
-        return Err(match kind {
-            Kind::Nixnest => Error::Unsupported(format!(
+        return Err(match (kind, e) {
+            (Kind::Nixnest, Error::Command { stderr, .. }) => Error::Unsupported(format!(
+                "the daemon cannot run a recursive-Nix build yet: {}",
+                super::build::first_error_line(&stderr)
+            )),
+            (Kind::Nixnest, e) => Error::Unsupported(format!(
                 "the daemon cannot run a recursive-Nix build yet: {}",
                 super::build::first_error_line(&e.to_string())
             )),
-            Kind::Nix(_) => e,
+            (Kind::Nix(_), e) => e,
         });
     }
     Ok(Box::new(probe))
