@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nixnest_testkit::{Client, Daemon, TestStore};
 
@@ -177,5 +178,32 @@ impl Running {
 
     pub fn socket(&self) -> &Path {
         self.daemon.socket()
+    }
+}
+
+/// How long a daemon may take to exit after SIGTERM before the test rig kills it.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+impl Drop for Running {
+    /// Stops the daemon with SIGTERM and waits for it, so a daemon run under a profiler
+    /// (`--nixnest-daemon` naming a wrapper that `exec`s `valgrind --tool=callgrind …`)
+    /// writes its profile; the test rig's SIGKILL follows only if it does not exit.
+    fn drop(&mut self) {
+        if !self.daemon.is_running() {
+            return;
+        }
+        let pid = self.daemon.main_pid();
+        if let Some(pid) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            if self.daemon.wait_exit(STOP_GRACE).is_none() {
+                eprintln!(
+                    "bench: {} did not exit within {STOP_GRACE:?} of SIGTERM; killing it",
+                    self.daemon.name()
+                );
+            }
+        }
     }
 }
