@@ -123,6 +123,15 @@ impl ProcSet {
         snap
     }
 
+    /// CPU time used so far by every process that has been in the set (`usage_usec` of
+    /// the cgroup's `cpu.stat`, which cgroup v2 keeps without any controller and which
+    /// includes exited workers); `None` without a cgroup.
+    pub fn cpu_usec(&self) -> Option<u64> {
+        let dir = self.cgroup.as_ref()?;
+        let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        status_field(&text, "usage_usec")
+    }
+
     /// `memory.peak` of the cgroup when the kernel accounts memory there (see the module
     /// docs for why it is only a side note).
     pub fn cgroup_peak_kib(&self) -> Option<u64> {

@@ -19,11 +19,9 @@
 //! Before the first round a single derivation is built; a daemon that cannot do that (no
 //! builder yet) is reported "not measured" with its error.
 
-use std::time::Instant;
-
 use nixnest_testkit::{BuildUsers, Client, Derivation, TestStore};
 
-use super::{CLIENT_TIMEOUT, Ctx, Round, Runner, exec};
+use super::{CLIENT_TIMEOUT, Ctx, Round, Runner, Stopwatch, exec, with_cpu};
 use crate::daemons::{Kind, Running};
 use crate::error::{Error, Result};
 
@@ -124,9 +122,9 @@ impl Build {
         let mut realise = client.command("nix-store");
         realise.arg("--realise").args(&drvs);
         let sampler = sample.then(|| running.procs.sample());
-        let t = Instant::now();
+        let t = Stopwatch::start(&running);
         let outs = exec(&mut realise, None, CLIENT_TIMEOUT)?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = t.stop();
         let memory = sampler.map(|s| s.stop());
         let built = outs
             .lines()
@@ -141,10 +139,13 @@ impl Build {
         Ok(Round {
             elapsed: Some(elapsed),
             memory,
-            notes: vec![(
-                "slot_ms_per_build",
-                elapsed.as_secs_f64() * 1000.0 * jobs as f64 / n as f64,
-            )],
+            notes: with_cpu(
+                cpu,
+                vec![(
+                    "slot_ms_per_build",
+                    elapsed.as_secs_f64() * 1000.0 * jobs as f64 / n as f64,
+                )],
+            ),
         })
     }
 }

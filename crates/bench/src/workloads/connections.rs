@@ -7,13 +7,11 @@
 //! protocol client drives this one. The store holds one path, imported before the daemon
 //! starts.
 
-use std::time::Instant;
-
 use nixnest_core::{StoreDir, StorePath};
 use nixnest_protocol::client::UnixDaemonClient;
 use nixnest_testkit::TestStore;
 
-use super::{Ctx, Round, Runner, import_local, store_dir};
+use super::{Ctx, Round, Runner, Stopwatch, import_local, store_dir, with_cpu};
 use crate::daemons::{Kind, Running};
 use crate::error::{Error, Result};
 use crate::objects::{self, Links};
@@ -49,7 +47,7 @@ impl Runner for Connections {
         let n = ctx.sizes.connections;
         let sampler = sample.then(|| self.running.procs.sample());
         let socket = self.running.socket().to_owned();
-        let t = Instant::now();
+        let t = Stopwatch::start(&self.running);
         ctx.rt.block_on(async {
             for _ in 0..n {
                 let mut c = UnixDaemonClient::connect(&socket, self.store_dir.clone()).await?;
@@ -62,14 +60,17 @@ impl Runner for Connections {
             }
             Ok(())
         })?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = t.stop();
         Ok(Round {
             elapsed: Some(elapsed),
             memory: sampler.map(|s| s.stop()),
-            notes: vec![(
-                "ms_per_connection",
-                elapsed.as_secs_f64() * 1000.0 / n.max(1) as f64,
-            )],
+            notes: with_cpu(
+                cpu,
+                vec![(
+                    "ms_per_connection",
+                    elapsed.as_secs_f64() * 1000.0 / n.max(1) as f64,
+                )],
+            ),
         })
     }
 }

@@ -10,12 +10,13 @@
 //! every path must be valid in the daemon's store.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
 
 use nixnest_protocol::client::UnixDaemonClient;
 use nixnest_testkit::{Client, TestStore};
 
-use super::{CLIENT_TIMEOUT, Ctx, Round, Runner, exec, import_local, store_dir};
+use super::{
+    CLIENT_TIMEOUT, Ctx, Round, Runner, Stopwatch, exec, import_local, store_dir, with_cpu,
+};
 use crate::daemons::{Kind, Running};
 use crate::error::{Error, Result};
 use crate::objects::{self, Links};
@@ -60,9 +61,9 @@ impl Runner for Copy {
             .arg(running.daemon.uri())
             .arg(&top);
         let sampler = sample.then(|| running.procs.sample());
-        let t = Instant::now();
+        let t = Stopwatch::start(&running);
         exec(&mut cmd, None, CLIENT_TIMEOUT)?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = t.stop();
         let memory = sampler.map(|s| s.stop());
 
         let socket = running.socket().to_owned();
@@ -81,7 +82,7 @@ impl Runner for Copy {
         Ok(Round {
             elapsed: Some(elapsed),
             memory,
-            notes: vec![("paths_per_s", n as f64 / elapsed.as_secs_f64())],
+            notes: with_cpu(cpu, vec![("paths_per_s", n as f64 / elapsed.as_secs_f64())]),
         })
     }
 }

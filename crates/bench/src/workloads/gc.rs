@@ -7,13 +7,11 @@
 //! would only wait. The daemon must report at least those paths deleted, and the newest
 //! one must be gone.
 
-use std::time::Instant;
-
 use nixnest_protocol::client::UnixDaemonClient;
 use nixnest_protocol::types::{GcAction, GcOptions, GcPaths};
 use nixnest_testkit::TestStore;
 
-use super::{Ctx, Round, Runner, import_local, store_dir};
+use super::{Ctx, Round, Runner, Stopwatch, import_local, store_dir, with_cpu};
 use crate::daemons::{Kind, Running};
 use crate::error::{Error, Result};
 use crate::objects::{self, Links};
@@ -50,9 +48,9 @@ impl Runner for Gc {
             .rt
             .block_on(UnixDaemonClient::connect(&socket, sd.clone()))?;
         let sampler = sample.then(|| running.procs.sample());
-        let t = Instant::now();
+        let t = Stopwatch::start(&running);
         let result = ctx.rt.block_on(c.collect_garbage(&options))?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = t.stop();
         let memory = sampler.map(|s| s.stop());
         if result.paths.len() < n {
             return Err(Error::Check(format!(
@@ -68,7 +66,7 @@ impl Runner for Gc {
         Ok(Round {
             elapsed: Some(elapsed),
             memory,
-            notes: vec![("paths_per_s", n as f64 / elapsed.as_secs_f64())],
+            notes: with_cpu(cpu, vec![("paths_per_s", n as f64 / elapsed.as_secs_f64())]),
         })
     }
 }

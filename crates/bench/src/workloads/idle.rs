@@ -9,13 +9,13 @@
 //! opening them all. After a moment, a second look: the memory with all sessions open,
 //! and the difference per connection. CppNix holds a forked worker per session.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nixnest_protocol::client::UnixDaemonClient;
 use nixnest_protocol::types::ClientSettings;
 use nixnest_testkit::TestStore;
 
-use super::{Ctx, Round, Runner, store_dir};
+use super::{Ctx, Round, Runner, Stopwatch, store_dir, with_cpu};
 use crate::daemons::{Kind, Running};
 use crate::error::Result;
 use crate::memory::MemoryPeak;
@@ -67,7 +67,7 @@ impl Runner for Idle {
             });
         }
         let socket = running.socket().to_owned();
-        let t = Instant::now();
+        let t = Stopwatch::start(&running);
         let clients = ctx.rt.block_on(async {
             let mut clients = Vec::with_capacity(n);
             for _ in 0..n {
@@ -77,7 +77,7 @@ impl Runner for Idle {
             }
             Ok::<_, crate::error::Error>(clients)
         })?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = t.stop();
         std::thread::sleep(SETTLE);
         let busy = running.procs.snapshot();
         drop(clients);
@@ -85,11 +85,14 @@ impl Runner for Idle {
         Ok(Round {
             elapsed: Some(elapsed),
             memory: Some(MemoryPeak::from_snapshot(&busy)),
-            notes: vec![
-                ("idle_kib", idle.pss_kib as f64),
-                ("kib_per_connection", per_connection),
-                ("processes", busy.processes as f64),
-            ],
+            notes: with_cpu(
+                cpu,
+                vec![
+                    ("idle_kib", idle.pss_kib as f64),
+                    ("kib_per_connection", per_connection),
+                    ("processes", busy.processes as f64),
+                ],
+            ),
         })
     }
 }

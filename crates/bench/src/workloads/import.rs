@@ -7,13 +7,11 @@
 //! a fresh daemon (the path must not be valid yet), and removes both afterwards. After the
 //! upload, `IsValidPath` must say yes.
 
-use std::time::Instant;
-
 use nixnest_protocol::client::UnixDaemonClient;
 use nixnest_testkit::TestStore;
 use tokio::io::BufReader;
 
-use super::{Ctx, Round, Runner, store_dir};
+use super::{Ctx, Round, Runner, Stopwatch, store_dir, with_cpu};
 use crate::daemons::{Kind, Running};
 use crate::error::{Error, IoContext, Result};
 use crate::objects::{BigShape, NarFile};
@@ -53,7 +51,7 @@ impl Runner for Import {
         let socket = running.socket().to_owned();
         let file = self.nar.file.clone();
         let sampler = sample.then(|| running.procs.sample());
-        let t = Instant::now();
+        let t = Stopwatch::start(&running);
         ctx.rt.block_on(async {
             let mut c = UnixDaemonClient::connect(&socket, sd.clone()).await?;
             let f = tokio::fs::File::open(&file)
@@ -69,7 +67,7 @@ impl Runner for Import {
             }
             Ok(())
         })?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = t.stop();
         let memory = sampler.map(|s| s.stop());
         let mib_per_s = self.nar.nar_size as f64 / (1 << 20) as f64 / elapsed.as_secs_f64();
         drop(running);
@@ -77,7 +75,7 @@ impl Runner for Import {
         Ok(Round {
             elapsed: Some(elapsed),
             memory,
-            notes: vec![("mib_per_s", mib_per_s)],
+            notes: with_cpu(cpu, vec![("mib_per_s", mib_per_s)]),
         })
     }
 }

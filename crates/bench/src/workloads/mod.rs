@@ -142,6 +142,44 @@ pub struct Round {
     pub notes: Vec<(&'static str, f64)>,
 }
 
+/// Wall time and daemon CPU time of a measured operation.
+pub struct Stopwatch<'a> {
+    procs: &'a crate::memory::ProcSet,
+    start: Instant,
+    cpu_start: Option<u64>,
+}
+
+impl<'a> Stopwatch<'a> {
+    pub fn start(running: &'a crate::daemons::Running) -> Self {
+        let procs = &*running.procs;
+        Stopwatch {
+            procs,
+            cpu_start: procs.cpu_usec(),
+            start: Instant::now(),
+        }
+    }
+
+    /// The wall time, and a `daemon_cpu_s` note when the daemon's CPU time is known:
+    /// user + system time of all its processes (builders included) during the operation.
+    pub fn stop(self) -> (Duration, Option<(&'static str, f64)>) {
+        let elapsed = self.start.elapsed();
+        let cpu = match (self.cpu_start, self.procs.cpu_usec()) {
+            (Some(a), Some(b)) => Some(("daemon_cpu_s", b.saturating_sub(a) as f64 / 1e6)),
+            _ => None,
+        };
+        (elapsed, cpu)
+    }
+}
+
+/// `notes` plus the daemon CPU time, when known.
+pub fn with_cpu(
+    cpu: Option<(&'static str, f64)>,
+    mut notes: Vec<(&'static str, f64)>,
+) -> Vec<(&'static str, f64)> {
+    notes.extend(cpu);
+    notes
+}
+
 /// One daemon's side of a workload.
 pub trait Runner {
     /// Runs the measured operation once; `sample`: also measure the daemon's memory.

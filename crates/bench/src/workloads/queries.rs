@@ -9,13 +9,12 @@
 //! NAR hash is checked against the imported one.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use nixnest_core::{Hash, StoreDir, StorePath};
 use nixnest_protocol::client::UnixDaemonClient;
 use nixnest_testkit::TestStore;
 
-use super::{Ctx, Round, Runner, import_local, store_dir};
+use super::{Ctx, Round, Runner, Stopwatch, import_local, store_dir, with_cpu};
 use crate::daemons::{Kind, Running};
 use crate::error::{Error, Result};
 use crate::objects::{self, Links};
@@ -58,7 +57,7 @@ impl Runner for Queries {
         })?;
         let sampler = sample.then(|| self.running.procs.sample());
         let per_client = s.queries_per_client;
-        let t = Instant::now();
+        let t = Stopwatch::start(&self.running);
         ctx.rt.block_on(async {
             let mut tasks = Vec::new();
             for (i, mut c) in clients.into_iter().enumerate() {
@@ -90,12 +89,15 @@ impl Runner for Queries {
             }
             Ok::<_, Error>(())
         })?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = t.stop();
         let total = (s.query_clients * per_client).max(1) as f64;
         Ok(Round {
             elapsed: Some(elapsed),
             memory: sampler.map(|s| s.stop()),
-            notes: vec![("queries_per_s", total / elapsed.as_secs_f64().max(1e-9))],
+            notes: with_cpu(
+                cpu,
+                vec![("queries_per_s", total / elapsed.as_secs_f64().max(1e-9))],
+            ),
         })
     }
 }

@@ -21,11 +21,10 @@
 //! measured" with its error (nixnest until its builder and recursive Nix land).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use nixnest_testkit::{BuildUsers, Client, Derivation, TestStore};
 
-use super::{CLIENT_TIMEOUT, Ctx, Round, Runner, exec};
+use super::{CLIENT_TIMEOUT, Ctx, Round, Runner, Stopwatch, exec, with_cpu};
 use crate::daemons::{Kind, Running};
 use crate::error::{Error, IoContext, Result};
 
@@ -120,9 +119,9 @@ impl Recursive {
         let mut realise = client.command("nix-store");
         realise.arg("--realise").arg(drv.trim());
         let sampler = sample.then(|| running.procs.sample());
-        let t = Instant::now();
+        let t = Stopwatch::start(&running);
         let out = exec(&mut realise, None, CLIENT_TIMEOUT)?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = t.stop();
         let memory = sampler.map(|s| s.stop());
         let text = std::fs::read_to_string(out.trim())
             .context(|| format!("reading the output {}", out.trim()))?;
@@ -136,10 +135,13 @@ impl Recursive {
         Ok(Round {
             elapsed: Some(elapsed),
             memory,
-            notes: vec![(
-                "ms_per_inner_build",
-                elapsed.as_secs_f64() * 1000.0 / n.max(1) as f64,
-            )],
+            notes: with_cpu(
+                cpu,
+                vec![(
+                    "ms_per_inner_build",
+                    elapsed.as_secs_f64() * 1000.0 / n.max(1) as f64,
+                )],
+            ),
         })
     }
 }
