@@ -14,12 +14,15 @@
 //! * [`work`] — the work phase: stderr output and the blocking-store-call helper;
 //! * [`ops`] — one handler per operation, grouped by module;
 //! * [`policy`] — every trust-dependent rule; [`view`] — what a session may see (the
-//!   seam for recursive Nix); [`error`] — how operations fail.
+//!   restricted op table of recursive Nix); [`error`] — how operations fail;
+//! * [`builds`] — the build scheduler behind the build operations;
+//! * [`recursive`] — recursive Nix: build views, per-build sockets, seed-style admission.
 
 // `unwrap`/`expect` are fine in tests (COMMON.md); the workspace lints forbid them elsewhere.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -27,6 +30,7 @@ pub mod error;
 pub mod listener;
 pub mod ops;
 pub mod policy;
+pub mod recursive;
 pub mod session;
 pub mod view;
 pub mod work;

@@ -12,16 +12,26 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::sync::watch;
 
+use nixnest_daemon::builds::{Scheduler, SchedulerConfig, own_helper};
 use nixnest_daemon::cli::{self, Cli, Command, TrustOverride};
 use nixnest_daemon::config::{self, ConfigEnv, Settings};
 use nixnest_daemon::control::{self, Registry};
 use nixnest_daemon::listener::{self, ActivatedSocket, Listener, ListenerConfig};
+use nixnest_daemon::recursive::{self, ServeContext};
 use nixnest_daemon::session::Worker;
 use nixnest_store::{LocalStore, PublicKey, StoreConfig};
 
 type MainResult = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
+    // `nixnest-daemon __build-helper`: the builder's helper process, started by our own
+    // builds. It must stay single-threaded, so it is dispatched before anything else runs.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == nixnest_daemon::builds::HELPER_SUBCOMMAND)
+    {
+        nixnest_build::helper_main();
+    }
     let cli = Cli::parse();
     init_logging(&cli);
     let result = match &cli.command {
@@ -144,15 +154,32 @@ fn open_store(settings: &Settings) -> Result<LocalStore, Box<dyn std::error::Err
     Ok(store)
 }
 
+/// The session handler: the store and the build scheduler every session shares.
+fn worker(
+    settings: &Settings,
+    registry: &Arc<Registry>,
+) -> Result<Worker, Box<dyn std::error::Error>> {
+    let store = Arc::new(open_store(settings)?);
+    let helper = own_helper()
+        .map_err(|e| format!("cannot find our own executable for build helpers: {e}"))?;
+    let scheduler = Scheduler::new(
+        Arc::clone(&store),
+        Arc::clone(registry),
+        SchedulerConfig::from_settings(settings, helper),
+    );
+    Ok(Worker::new(store, scheduler))
+}
+
 fn run_daemon(cli: &Cli) -> MainResult {
     let settings = load_settings(cli)?;
     let trust = cli.trust_override();
     cli::check_trust_override(trust, cli.stdio, &settings)?;
 
     if cli.stdio {
-        let worker = Worker::new(Arc::new(open_store(&settings)?));
+        let registry = Registry::new();
+        let worker = worker(&settings, &registry)?;
         let rt = runtime(1)?;
-        let result = rt.block_on(serve_stdio(Arc::new(settings), trust, worker));
+        let result = rt.block_on(serve_stdio(Arc::new(settings), trust, worker, registry));
         // A blocking stdin read may still be parked on the blocking pool.
         rt.shutdown_timeout(Duration::from_secs(1));
         return result;
@@ -160,9 +187,16 @@ fn run_daemon(cli: &Cli) -> MainResult {
 
     // SAFETY: no runtime and no other thread exist yet.
     let activated = unsafe { listener::take_activation_fds() }?;
-    let worker = Worker::new(Arc::new(open_store(&settings)?));
+    let registry = Registry::new();
+    let worker = worker(&settings, &registry)?;
     let rt = runtime(settings.max_connections)?;
-    let result = rt.block_on(serve_socket(Arc::new(settings), activated, trust, worker));
+    let result = rt.block_on(serve_socket(
+        Arc::new(settings),
+        activated,
+        trust,
+        worker,
+        registry,
+    ));
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -196,8 +230,12 @@ fn signals() -> std::io::Result<(impl Future<Output = ()>, impl Future<Output = 
     Ok((after(1), after(2)))
 }
 
-async fn serve_stdio(settings: Arc<Settings>, trust: TrustOverride, worker: Worker) -> MainResult {
-    let registry = Registry::new();
+async fn serve_stdio(
+    settings: Arc<Settings>,
+    trust: TrustOverride,
+    worker: Worker,
+    registry: Arc<Registry>,
+) -> MainResult {
     let (trigger, shutdown) = listener::shutdown_channel();
     let (stop, force) = signals()?;
     let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
@@ -221,6 +259,7 @@ async fn serve_socket(
     activated: Option<Vec<ActivatedSocket>>,
     trust: TrustOverride,
     worker: Worker,
+    registry: Arc<Registry>,
 ) -> MainResult {
     let sockets = match activated {
         Some(passed) => {
@@ -248,10 +287,16 @@ async fn serve_socket(
             vec![socket]
         }
     };
+    if settings.allow_build_user_connections {
+        // Seed-style recursive Nix: build users must reach the socket.
+        for warning in recursive::prepare_seed_socket(&settings) {
+            tracing::warn!("{warning}");
+        }
+    }
 
-    let registry = Registry::new();
     let mut config = ListenerConfig::from_settings(&settings);
     config.force_untrusted = trust == TrustOverride::ForceUntrusted;
+    let shared = Arc::clone(worker.shared());
     let listener = Listener::new(
         sockets,
         Arc::clone(&settings),
@@ -259,6 +304,13 @@ async fn serve_socket(
         Arc::new(worker),
         config,
     )?;
+    shared.recursive.install(ServeContext {
+        shared: Arc::downgrade(&shared),
+        settings: Arc::clone(&settings),
+        registry: Arc::clone(&registry),
+        shutdown: listener.subscribe_shutdown(),
+        runtime: tokio::runtime::Handle::current(),
+    });
 
     let control_path = control::control_socket_path(&settings.state_dir);
     match control::bind_control_socket(&control_path) {

@@ -21,14 +21,13 @@
 //! | ignoreLiveness | refused for everyone | | |
 //! | AddSignatures | allowed for everyone (CppNix ≥ 2.17; 2.8–2.16 refused untrusted clients) | | |
 //! | per-user profile/gcroots dirs created | yes | yes | no |
-//! | store view | full | full | a build's view ([`StoreView::Build`]) |
+//! | store view | full | full | the build's view ([`StoreView::Build`](crate::view::StoreView::Build)) |
 
 use nixnest_protocol::handshake::TrustLevel;
 
 use crate::auth::Access;
 use crate::config::ClientTrust;
 use crate::error::{OpError, OpResult};
-use crate::view::StoreView;
 
 /// The trust-dependent rules for one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,12 +57,10 @@ impl Policy {
         }
     }
 
-    /// What the session may see and do.
-    pub fn view(&self) -> StoreView {
-        match self.access {
-            Access::Trusted | Access::Allowed => StoreView::Full,
-            Access::BuildUser { uid } => StoreView::Build { uid },
-        }
+    /// Whether the session sees only a build's view of the store ([`StoreView::Build`](crate::view::StoreView::Build),
+    /// which the session finds for the build; everyone else gets [`StoreView::Full`](crate::view::StoreView::Full)).
+    pub fn restricted_view(&self) -> bool {
+        matches!(self.access, Access::BuildUser { .. })
     }
 
     /// Whether the peer gets `profiles/per-user/<user>` and `gcroots/per-user/<user>`
@@ -182,7 +179,7 @@ mod tests {
             format!("censor {}", p.censor_roots()),
             format!("import checks {}", p.import_checks_sigs()),
             format!("user dirs {}", p.creates_user_dirs()),
-            format!("{:?}", p.view()),
+            format!("restricted {}", p.restricted_view()),
             ok(p.check_build_repair(true)),
             ok(p.check_build_repair(false)),
             ok(p.check_verify_repair(true)),
@@ -206,7 +203,7 @@ mod tests {
             "censor false",
             "import checks false",
             "user dirs true",
-            "Full",
+            "restricted false",
             "ok",
             "ok",
             "ok",
@@ -240,10 +237,13 @@ mod tests {
             ]
         };
         assert_eq!(row(ALL[0]), trusted);
-        assert_eq!(row(ALL[1]), untrusted("Untrusted", true, "Full"));
+        assert_eq!(
+            row(ALL[1]),
+            untrusted("Untrusted", true, "restricted false")
+        );
         assert_eq!(
             row(ALL[2]),
-            untrusted("Recursive", false, "Build { uid: 30001 }")
+            untrusted("Recursive", false, "restricted true")
         );
     }
 }

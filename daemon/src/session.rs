@@ -1,8 +1,10 @@
 //! One client connection, start to end: the worker-protocol session.
 //!
 //! ```text
-//! handshake (version, features: none offered, daemon version string, trust flag)
-//! create <state>/{profiles,gcroots}/per-user/<user> for the peer
+//! a build user's connection (seed style): find its build's view, or close unanswered
+//! handshake (version, features: none offered — `disable-set-options` in a build's view —,
+//!            daemon version string, trust flag)
+//! create <state>/{profiles,gcroots}/per-user/<user> for the peer (not for builds)
 //! loop:
 //!     read one whole request (opcode + fixed fields)        ─ EOF here: the client is done
 //!     span op{name}; status shows the op
@@ -21,9 +23,10 @@
 //! Per-session state: the negotiated version and features (inside the reader and
 //! writer), the session's settings (the daemon's, with this client's `SetOptions`
 //! applied — never shared), the verbosity that filters `STDERR_NEXT`, the activity id
-//! counter (in [`Output`]), the [`Policy`] and [`StoreView`] derived from the peer's
-//! [`Access`](crate::auth::Access), and a temp-roots session: every path the session
-//! adds or roots stays alive until the connection closes.
+//! counter (in [`Output`]), the [`Policy`] derived from the peer's
+//! [`Access`](crate::auth::Access), the [`StoreView`] (a build's sessions get the
+//! build's view and end when it closes), and a temp-roots session: every path the
+//! session adds or roots stays alive until the connection closes.
 
 use std::sync::Arc;
 
@@ -37,21 +40,25 @@ use nixnest_protocol::stderr::NixError;
 use nixnest_protocol::{Error as ProtoError, FeatureSet, ProtocolVersion, WireReader, WireWriter};
 use nixnest_store::{LocalStore, TempRoots};
 
+use crate::auth::Access;
+use crate::builds::Scheduler;
 use crate::config::Settings;
 use crate::control::SessionGuard;
 use crate::error::{OpError, OpResult, protocol_message};
 use crate::listener::{Connection, Handler, Shutdown};
-use crate::ops::builds::{BuildBackend, NoBuilder};
 use crate::ops::{self, Outcome};
 use crate::policy::Policy;
+use crate::recursive::{BuildView, Recursive};
 use crate::view::StoreView;
 use crate::work::{self, Job, JobContext, Output, Phase, SharedSink};
 
 /// What every session of the daemon shares.
 pub struct Shared {
     pub store: Arc<LocalStore>,
-    /// Builds derivations; [`NoBuilder`] until the sandboxed builder is wired in.
-    pub builder: Arc<dyn BuildBackend>,
+    /// Builds derivations (daemon-wide: slots, build users, builds in flight).
+    pub scheduler: Arc<Scheduler>,
+    /// Recursive Nix: the views of running builds (shared with the scheduler).
+    pub recursive: Arc<Recursive>,
 }
 
 /// The worker-protocol [`Handler`]: serves each connection as a [`Session`].
@@ -61,15 +68,22 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker over `store` that cannot build yet.
-    pub fn new(store: Arc<LocalStore>) -> Self {
-        Self::with_builder(store, Arc::new(NoBuilder))
+    /// A worker over `store` whose builds go to `scheduler` (and whose recursive-Nix
+    /// state is the scheduler's).
+    pub fn new(store: Arc<LocalStore>, scheduler: Arc<Scheduler>) -> Self {
+        let recursive = Arc::clone(scheduler.recursive());
+        Worker {
+            shared: Arc::new(Shared {
+                store,
+                scheduler,
+                recursive,
+            }),
+        }
     }
 
-    pub fn with_builder(store: Arc<LocalStore>, builder: Arc<dyn BuildBackend>) -> Self {
-        Worker {
-            shared: Arc::new(Shared { store, builder }),
-        }
+    /// What the sessions share (per-build sockets start sessions from it).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 }
 
@@ -96,16 +110,63 @@ pub struct Session<S> {
     /// This session's settings.
     pub(crate) settings: Arc<Settings>,
     pub(crate) roots: Arc<TempRoots>,
+    /// The listener's connection id (the builds it starts are listed with it).
+    pub(crate) id: u64,
 }
 
 /// Serves one connection until the client hangs up, the session fails, or the daemon
-/// shuts down (between requests).
+/// shuts down (between requests). A build user's connection (seed style) is served with
+/// its running build's view, or closed unanswered when there is none.
 pub async fn serve<S>(shared: Arc<Shared>, conn: Connection<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if let Access::BuildUser { uid } = conn.access {
+        let user = conn
+            .peer
+            .as_ref()
+            .map_or_else(|| uid.to_string(), |p| p.user());
+        match shared.recursive.admit_build_user(uid, &user) {
+            Ok((view, permit)) => {
+                tracing::info!("serving build user {user} for '{}'", view.printed());
+                serve_in_view(shared, conn, view, permit).await;
+            }
+            // As any rejection: logged, and closed without a protocol byte.
+            Err(message) => tracing::error!("error processing connection: {message}"),
+        }
+        return;
+    }
+    serve_with(shared, conn, StoreView::Full).await;
+}
+
+/// Serves a connection of a running build (recursive Nix) with the build's `view` until
+/// the client hangs up or the view closes (the builder exited). `slot` is the session's
+/// place in the build's budget ([`BuildView::try_session`]), held until it ends.
+pub async fn serve_in_view<S>(
+    shared: Arc<Shared>,
+    conn: Connection<S>,
+    view: Arc<BuildView>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let closing = Arc::clone(&view);
+    tokio::select! {
+        biased;
+        () = closing.closed() => {
+            tracing::debug!("the build's builder exited: closing its session");
+        }
+        () = serve_with(shared, conn, StoreView::Build(view)) => {}
+    }
+    drop(slot);
+}
+
+async fn serve_with<S>(shared: Arc<Shared>, conn: Connection<S>, view: StoreView)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Connection {
-        id: _,
+        id,
         stream,
         peer,
         access,
@@ -123,11 +184,22 @@ where
     let mut w = WireWriter::new(ProtocolVersion::LATEST, store_dir);
     let mut sink = SharedSink::new(wr);
     let policy = Policy::new(access);
+    if policy.restricted_view() != view.is_restricted() {
+        // A build user without its build's view (or the reverse) must never be served.
+        tracing::error!("internal error: session access and store view disagree; closing");
+        return;
+    }
+    // Neither `realisation-with-path-not-hash` nor `delete-dead-specific-referrers` is
+    // implemented, so none is offered (a 2.24–2.34 daemon offers none either). A build's
+    // session offers `disable-set-options`, as CppNix does in recursive contexts: its
+    // settings would not be applied anyway.
+    let mut features = FeatureSet::new();
+    if view.is_restricted() {
+        features.insert(nixnest_protocol::version::feature::DISABLE_SET_OPTIONS);
+    }
     let offer = ServerOffer {
         version: ProtocolVersion::LATEST,
-        // Neither `realisation-with-path-not-hash` nor `delete-dead-specific-referrers`
-        // is implemented, so none is offered (a 2.24–2.34 daemon offers none either).
-        features: FeatureSet::new(),
+        features,
         nix_version: crate::DAEMON_VERSION_STRING.to_owned(),
         trust: policy.trust_level(),
     };
@@ -171,10 +243,11 @@ where
         out: Output::new(w, sink),
         shared,
         policy,
-        view: Arc::new(policy.view()),
+        view: Arc::new(view),
         daemon_settings: Arc::clone(&settings),
         settings,
         roots,
+        id,
     };
     session.serve_requests(&mut shutdown, &guard).await;
     // Dropping the temp roots deletes their file: store work, so not on this thread.

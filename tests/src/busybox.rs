@@ -65,6 +65,7 @@ pub const APPLETS: &[&str] = &[
     "stat",
     "tail",
     "tar",
+    "tee",
     "test",
     "touch",
     "tr",

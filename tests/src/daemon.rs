@@ -436,21 +436,31 @@ fn children_of(pid: u32) -> Vec<u32> {
 /// test executable (`<target>/<profile>/deps/<test>-<hash>`). Panics with the fix if the
 /// binary has not been built (`cargo test --workspace` builds every binary first).
 pub fn cargo_bin(name: &str) -> PathBuf {
+    try_cargo_bin(name).unwrap_or_else(|| {
+        panic!(
+            "binary {name} not built at {}; run `cargo build --workspace` (or `cargo test --workspace`)",
+            profile_dir().join(name).display()
+        )
+    })
+}
+
+/// Like [`cargo_bin`], but `None` when the binary has not been built: for tests that skip
+/// (saying why) instead of failing when it is absent, e.g. when only one package is tested.
+pub fn try_cargo_bin(name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
-        return PathBuf::from(path);
+        return Some(PathBuf::from(path));
     }
+    Some(profile_dir().join(name)).filter(|path| path.exists())
+}
+
+/// `<target>/<profile>`, the directory of the running test executable or its parent when
+/// that is `deps/`.
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
+    exe.parent()
         .filter(|d| d.ends_with("deps"))
         .and_then(Path::parent)
         .or_else(|| exe.parent())
-        .expect("test executable has a parent dir");
-    let path = profile_dir.join(name);
-    assert!(
-        path.exists(),
-        "binary {name} not built at {}; run `cargo build --workspace` (or `cargo test --workspace`)",
-        path.display()
-    );
-    path
+        .expect("test executable has a parent dir")
+        .to_path_buf()
 }

@@ -40,7 +40,7 @@ pub mod users;
 
 pub use busybox::{Derivation, nix_str};
 pub use client::{Client, Nix, Remote};
-pub use daemon::{Daemon, DaemonSpec, Signal, cargo_bin};
+pub use daemon::{Daemon, DaemonSpec, Signal, cargo_bin, try_cargo_bin};
 pub use run::RunExt;
 pub use store::{TestStore, TestStoreBuilder};
 pub use users::{BuildUsers, TestUser};

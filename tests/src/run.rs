@@ -98,6 +98,24 @@ impl RunExt for Command {
 /// Runs `cmd` with captured output, feeding `input` (or nothing) on stdin, and kills its
 /// process group when `timeout` expires.
 fn run_command(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
+    match try_run(cmd, input, timeout) {
+        Ok(out) => out,
+        Err(out) => panic!(
+            "{}",
+            report(cmd, &format!("command timed out after {timeout:?}"), &out)
+        ),
+    }
+}
+
+/// Runs `cmd` like the [`RunExt`] methods (captured output, `input` or nothing on stdin, own
+/// process group) without judging the result: `Ok` with whatever it did, or `Err` with the
+/// output so far if it ran longer than `timeout` (its process group is then killed). For
+/// tests that record a hanging command as a finding instead of panicking.
+pub fn try_run(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, Output> {
     cmd.stdin(if input.is_some() {
         Stdio::piped()
     } else {
@@ -135,15 +153,12 @@ fn run_command(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Ou
             Ok(None) => {
                 kill_group(child.id());
                 let _ = child.wait();
-                let out = Output {
+                let _ = feeder.join();
+                return Err(Output {
                     status: ExitStatus::from_raw(9),
                     stdout: join(stdout),
                     stderr: join(stderr),
-                };
-                panic!(
-                    "{}",
-                    report(cmd, &format!("command timed out after {timeout:?}"), &out)
-                );
+                });
             }
             Err(e) => panic!("waiting for {}: {e}", describe(cmd)),
         }
@@ -152,11 +167,11 @@ fn run_command(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Ou
     // readers see end-of-file.
     kill_group(child.id());
     let _ = feeder.join();
-    Output {
+    Ok(Output {
         status,
         stdout: join(stdout),
         stderr: join(stderr),
-    }
+    })
 }
 
 fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {

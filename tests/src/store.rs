@@ -41,9 +41,36 @@ pub struct TestStore {
 
 #[derive(Debug)]
 struct Inner {
-    dir: tempfile::TempDir,
+    dir: Root,
     build_users: Option<BuildUsers>,
     busybox: OnceLock<PathBuf>,
+}
+
+/// The root directory of a store, removed (with everything in it) on drop.
+#[derive(Debug)]
+enum Root {
+    /// A fresh `/tmp/nixnest-XXXXXX`.
+    Temp(tempfile::TempDir),
+    /// A path chosen by the test ([`TestStoreBuilder::root`]).
+    Fixed(PathBuf),
+}
+
+impl Root {
+    fn path(&self) -> &Path {
+        match self {
+            Root::Temp(dir) => dir.path(),
+            Root::Fixed(path) => path,
+        }
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        if let Root::Fixed(path) = self {
+            // Like `TempDir`: best effort, a leftover directory is no test failure.
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// Options for a new [`TestStore`]; made by [`TestStore::builder`].
@@ -52,6 +79,7 @@ pub struct TestStoreBuilder {
     sandbox: bool,
     build_users: Option<BuildUsers>,
     conf: Vec<String>,
+    root: Option<PathBuf>,
 }
 
 impl TestStoreBuilder {
@@ -76,12 +104,36 @@ impl TestStoreBuilder {
         self
     }
 
+    /// Uses exactly `path` (absolute, under `/tmp`, not existing yet; its parent must exist)
+    /// as the root instead of a fresh `/tmp/nixnest-XXXXXX`. It is removed like any root
+    /// when the last handle is dropped. For tests that compare two daemons on stores at the
+    /// *same* paths, one after the other: store paths depend on the store dir, so only
+    /// stores at one location give byte-identical answers.
+    pub fn root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.root = Some(path.into());
+        self
+    }
+
     /// Creates the root, its directories and `nix.conf`.
     pub fn build(self) -> TestStore {
-        let dir = tempfile::Builder::new()
-            .prefix("nixnest-")
-            .tempdir_in("/tmp")
-            .expect("creating a test store root under /tmp");
+        let dir = match self.root {
+            None => Root::Temp(
+                tempfile::Builder::new()
+                    .prefix("nixnest-")
+                    .tempdir_in("/tmp")
+                    .expect("creating a test store root under /tmp"),
+            ),
+            Some(path) => {
+                assert!(
+                    path.is_absolute() && path.starts_with("/tmp/"),
+                    "a test store root must be under /tmp (chroot clients share it): {}",
+                    path.display()
+                );
+                std::fs::create_dir(&path)
+                    .unwrap_or_else(|e| panic!("creating test store root {}: {e}", path.display()));
+                Root::Fixed(path)
+            }
+        };
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod test store root");
         let mut conf = vec![

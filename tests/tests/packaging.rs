@@ -917,47 +917,20 @@ fn real_nix_accepts_the_nix_conf_the_module_generates() {
 // The installed daemon (needs a nixnest-daemon that serves; skipped until there is one)
 
 /// A nixnest-daemon built by cargo that answers `--version`, or `None` after printing why not.
-fn serving_daemon() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(bin) = std::env::var_os("NIXNEST_DAEMON_BIN") {
-        candidates.push(PathBuf::from(bin));
-    }
-    let mut target_dirs = Vec::new();
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        target_dirs.push(PathBuf::from(dir));
-    }
-    target_dirs.push(project_root().join("target"));
-    for dir in target_dirs {
-        for profile in ["release", "debug"] {
-            candidates.push(dir.join(profile).join("nixnest-daemon"));
-        }
-    }
-    // An explicit NIXNEST_DAEMON_BIN wins; otherwise the most recently built one.
-    let explicit = std::env::var_os("NIXNEST_DAEMON_BIN").is_some();
-    let newest = |a: &PathBuf| fs::metadata(a).and_then(|m| m.modified()).ok();
-    let found: Vec<PathBuf> = candidates.into_iter().filter(|p| p.is_file()).collect();
-    let chosen = if explicit {
-        found.first().cloned()
-    } else {
-        found.iter().max_by_key(|p| newest(p)).cloned()
-    };
-    let Some(daemon) = chosen else {
-        eprintln!(
-            "SKIPPED: no nixnest-daemon binary yet (cargo build -p nixnest-daemon, or set \
-             NIXNEST_DAEMON_BIN)"
-        );
-        return None;
-    };
+fn serving_daemon() -> PathBuf {
+    // The workspace's own build (or an explicit one): never "whatever was built last", and
+    // never a silent skip — the daemon is part of this workspace, so its absence is a failure.
+    let daemon = std::env::var_os("NIXNEST_DAEMON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| nixnest_testkit::cargo_bin("nixnest-daemon"));
     let out = run(Command::new(&daemon).arg("--version"));
-    if !out.status.success() || out.stdout.is_empty() {
-        eprintln!(
-            "SKIPPED: {} does not answer --version yet, so it cannot serve: {}",
-            daemon.display(),
-            text(&out.stderr).trim()
-        );
-        return None;
-    }
-    Some(daemon)
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "{} does not answer --version: {}",
+        daemon.display(),
+        text(&out.stderr).trim()
+    );
+    daemon
 }
 
 /// A process this test started, killed (by its own pid) when the test ends.
@@ -1018,9 +991,7 @@ fn installed_daemon_serves_the_real_client() {
     let Some(nix_store) = tool("nix-store") else {
         return;
     };
-    let Some(built) = serving_daemon() else {
-        return;
-    };
+    let built = serving_daemon();
     let dirs = NixDirs::new();
     let dest = dirs.path("root");
     run_ok(
@@ -1053,9 +1024,7 @@ fn socket_activation_hands_the_daemon_its_named_socket() {
     let Some(nix_store) = tool("nix-store") else {
         return;
     };
-    let Some(daemon) = serving_daemon() else {
-        return;
-    };
+    let daemon = serving_daemon();
     let dirs = NixDirs::new();
     let socket = dirs.path("socket");
     // If the daemon ignored LISTEN_FDS it would bind this path instead, and the client below,

@@ -66,7 +66,7 @@ where
                     &job.roots,
                     &job.log,
                 )?;
-                job.view.note_added(&info.path);
+                job.view.note_added(&info.path)?;
                 Ok(info)
             })
             .await?
@@ -109,7 +109,7 @@ where
                         &job.log,
                     )?
                 };
-                job.view.note_added(&info.path);
+                job.view.note_added(&info.path)?;
                 Ok(info)
             })
             .await?
@@ -135,7 +135,7 @@ where
             let info = job
                 .store
                 .add_text(&name, &text, &references, &job.roots, &job.log)?;
-            job.view.note_added(&info.path);
+            job.view.note_added(&info.path)?;
             Ok(info)
         })
         .await?;
@@ -171,7 +171,7 @@ where
                 .store
                 .import_paths(&mut job.input, check_sigs, &job.roots, &job.log)?;
             for p in &paths {
-                job.view.note_added(p);
+                job.view.note_added(p)?;
             }
             Ok(paths)
         })
@@ -232,7 +232,7 @@ where
             &job.roots,
             &job.log,
         )?;
-        job.view.note_added(&info.path);
+        job.view.note_added(&info.path)?;
         Ok(())
     })
     .await?;
@@ -281,7 +281,7 @@ where
                 &job.roots,
                 &job.log,
             )?;
-            job.view.note_added(&info.path);
+            job.view.note_added(&info.path)?;
         }
         Ok(())
     })

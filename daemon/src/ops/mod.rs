@@ -48,6 +48,10 @@ where
     match s.view.permission(req.opcode()) {
         Permission::Run => {}
         Permission::Skip => return skip(s, &req).await,
+        Permission::Fail(msg) => {
+            s.skip_payload(&req).await?;
+            return Err(OpError::failed(msg));
+        }
         Permission::Refuse(msg) => {
             s.skip_payload(&req).await?;
             return Err(OpError::refused(msg));
@@ -127,13 +131,31 @@ where
     }
 }
 
-/// A view said "skip": consume the payload, answer "done".
+/// A view said "skip": consume the payload, answer as if done (roots and maintenance
+/// no-ops, empty answers to what a build's view hides).
 async fn skip<S>(s: &mut Session<S>, req: &Request) -> OpResult<Outcome>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     s.skip_payload(req).await?;
     use nixnest_protocol::request::Opcode as O;
+    match req {
+        // Refused for everyone, even where collecting is a no-op.
+        Request::CollectGarbage(o) => {
+            s.policy.check_ignore_liveness(o.ignore_liveness)?;
+            return Ok(Outcome::Reply(Response::CollectGarbage(
+                nixnest_protocol::types::GcResult {
+                    paths: Default::default(),
+                    bytes_freed: 0,
+                },
+            )));
+        }
+        Request::VerifyStore { repair, .. } => {
+            s.policy.check_verify_repair(*repair)?;
+            return Ok(Outcome::Reply(Response::Bool(false)));
+        }
+        _ => {}
+    }
     match req.opcode() {
         O::BuildPaths
         | O::EnsurePath
@@ -144,6 +166,10 @@ where
         | O::AddSignatures
         | O::AddBuildLog => Ok(Outcome::Reply(Response::Ack)),
         O::SetOptions | O::RegisterDrvOutput => Ok(Outcome::Reply(Response::Unit)),
+        O::QueryReferrers | O::QueryValidDerivers => {
+            Ok(Outcome::Reply(Response::Paths(Default::default())))
+        }
+        O::FindRoots => Ok(Outcome::Reply(Response::FindRoots(Vec::new()))),
         op => Err(OpError::refused(format!(
             "operation {} cannot be skipped",
             op.name()
@@ -161,12 +187,13 @@ pub(crate) fn not_valid(job: &Job, path: &StorePath) -> OpError {
     nixnest_store::Error::InvalidPath(job.store.print(path)).into()
 }
 
-/// The info of a valid path the session can see, or `None`.
+/// The info of a valid path the session can see (censored for a build's view), or
+/// `None`.
 pub(crate) fn path_info(job: &Job, path: &StorePath) -> OpResult<Option<ValidPathInfo>> {
     if !job.view.is_visible(path) {
         return Ok(None);
     }
-    Ok(job.store.query_path_info(path)?)
+    Ok(job.store.query_path_info(path)?.map(|i| job.view.censor(i)))
 }
 
 /// The info of a valid path the session can see, or "path '…' is not valid".

@@ -39,8 +39,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     s.run(move |job| {
+        // Rooting a path never makes it visible (a build's view skips this op anyway).
         job.roots.add_path(&path)?;
-        job.view.note_added(&path);
         Ok(())
     })
     .await?;
@@ -110,7 +110,7 @@ where
         paths_to_delete,
         ignore_liveness: false,
         max_freed: opts.max_freed,
-        extra_roots: s.shared.builder.extra_roots(),
+        extra_roots: s.shared.scheduler.extra_roots(),
     };
     let results = s
         .run(move |job| Ok(job.store.collect_garbage(&store_opts, &job.log)?))
@@ -137,7 +137,6 @@ where
             let root = job
                 .store
                 .add_perm_root(&path, Path::new(&gc_root), &job.roots)?;
-            job.view.note_added(&path);
             Ok(root)
         })
         .await?;

@@ -4,7 +4,8 @@
 //! the overrides are applied to a fresh copy of the daemon's settings under the client's
 //! trust ([`Settings::apply_client_options`](crate::config::Settings::apply_client_options)),
 //! so one client's options never reach another session. Overrides that were dropped are
-//! reported as CppNix does: a `warning:` line, or a debug message.
+//! reported as CppNix does: a `warning:` line, or a debug message. A build's own session
+//! (recursive Nix) applies nothing and warns about every override.
 
 use std::sync::Arc;
 
@@ -39,7 +40,15 @@ where
         .apply_client_options(&options, s.policy.client_trust());
     s.settings = Arc::new(settings);
     for ignored in ignored {
-        match ignored.severity() {
+        // A build's own client gets nothing applied (not even the whitelist), and is told
+        // so for every setting it sent: `--option sandbox false` from inside a build is
+        // visibly refused rather than quietly dropped.
+        let severity = if s.view.is_restricted() {
+            Severity::Warn
+        } else {
+            ignored.severity()
+        };
+        match severity {
             Severity::Warn => {
                 tracing::debug!("client setting ignored: {ignored}");
                 s.out
