@@ -83,6 +83,27 @@ pub fn error_lines(text: &str) -> String {
     lines.get(start..).unwrap_or_default().join("\n")
 }
 
+/// `text` without terminal colour codes (`ESC [ … final byte`): CppNix puts them into
+/// error messages it sends over the wire, and they would end up in the Markdown report.
+pub fn plain_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameter and intermediate bytes, then one final byte in '@'..='~'.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Extension for attaching a context to `std::io::Result`s.
 pub trait IoContext<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;
@@ -91,5 +112,21 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_drops_colour_codes_only() {
+        assert_eq!(
+            plain_text("writing to file: \u{1b}[35;1mNo space left on device\u{1b}[0m"),
+            "writing to file: No space left on device"
+        );
+        assert_eq!(plain_text("a [b] \u{1b}c"), "a [b] \u{1b}c");
+        // A code cut off at the end is dropped, not kept half.
+        assert_eq!(plain_text("x\u{1b}[35"), "x");
     }
 }

@@ -26,7 +26,7 @@ use nixnest_core::StoreDir;
 use nixnest_testkit::TestStore;
 
 use crate::daemons::{Kind, Programs};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, plain_text};
 use crate::memory::MemoryPeak;
 use crate::objects::{self, BigShape, NarFile};
 
@@ -442,10 +442,10 @@ fn median_notes(rounds: &[Round]) -> Vec<(&'static str, f64)> {
 fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T, Outcome> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(Error::Unsupported(why))) => Err(Outcome::NotMeasured(why)),
+        Ok(Err(Error::Unsupported(why))) => Err(Outcome::NotMeasured(plain_text(&why))),
         Ok(Err(e)) => {
             eprintln!("bench: error: {e}");
-            Err(Outcome::Failed(e.to_string()))
+            Err(Outcome::Failed(plain_text(&e.to_string())))
         }
         Err(payload) => {
             let msg = payload
