@@ -44,18 +44,26 @@ use crate::logger::{Logger, Verbosity};
 use crate::store::LocalStore;
 use crate::temproots::TempRoots;
 
-/// Copies everything read through it into a hasher.
+/// Copies everything read through it into a hasher, if there is one.
 struct Tee<'a, R> {
     inner: R,
-    hasher: &'a mut Hasher,
+    hasher: Option<&'a mut Hasher>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(buf.get(..n).unwrap_or_default());
+        if let Some(h) = self.hasher.as_deref_mut() {
+            h.update(buf.get(..n).unwrap_or_default());
+        }
         Ok(n)
     }
+}
+
+/// A hasher for a NAR content address, unless the NAR's own SHA-256 is that hash: hashing
+/// every byte twice with SHA-256 would cost as much as the rest of an import.
+fn nar_ca_hasher(algo: HashAlgo) -> Option<Hasher> {
+    (algo != HashAlgo::Sha256).then(|| Hasher::new(algo))
 }
 
 /// A temporary object in the store dir, deleted on drop unless moved into place.
@@ -223,15 +231,16 @@ impl LocalStore {
 
         let tmp = self.temp_object_for(&info.path)?;
         // A second hasher only for a NAR content address with another algorithm.
-        let ca_nar_algo = match &info.ca {
-            Some(ca) if ca.method() == ContentAddressMethod::NixArchive => Some(ca.hash().algo()),
+        let mut ca_hasher = match &info.ca {
+            Some(ca) if ca.method() == ContentAddressMethod::NixArchive => {
+                nar_ca_hasher(ca.hash().algo())
+            }
             _ => None,
         };
-        let mut ca_hasher = Hasher::new(ca_nar_algo.unwrap_or(HashAlgo::Sha256));
         let (hash, size) = {
             let tee = Tee {
                 inner: nar,
-                hasher: &mut ca_hasher,
+                hasher: ca_hasher.as_mut(),
             };
             let mut hr = nar::HashingReader::new(tee);
             let mut reader = NarReader::new(&mut hr);
@@ -256,7 +265,10 @@ impl LocalStore {
         }
         if let Some(ca) = &info.ca {
             let got = match ca.method() {
-                ContentAddressMethod::NixArchive => ca_hasher.finish(),
+                ContentAddressMethod::NixArchive => match ca_hasher {
+                    Some(h) => h.finish(),
+                    None => hash,
+                },
                 ContentAddressMethod::Flat | ContentAddressMethod::Text => {
                     hash_regular_file(&tmp.path(), ca.hash().algo())?
                 }
@@ -370,21 +382,22 @@ impl LocalStore {
         let tmp = self.temp_object(roots, name)?;
         let (ca_hash, nar_hash, nar_size) = match method {
             ContentAddressMethod::NixArchive => {
-                let mut ca_hasher = Hasher::new(algo);
+                let mut ca_hasher = nar_ca_hasher(algo);
                 let tee = Tee {
                     inner: data,
-                    hasher: &mut ca_hasher,
+                    hasher: ca_hasher.as_mut(),
                 };
                 let mut hr = nar::HashingReader::new(tee);
                 let mut reader = NarReader::new(&mut hr);
                 nar::restore_at(&mut reader, tmp.dir().as_fd(), tmp.name())?;
                 drop(reader);
                 let (_, hs) = hr.into_parts();
-                (
-                    ca_hasher.finish(),
-                    Hash::new(HashAlgo::Sha256, &hs.sha256)?,
-                    hs.size,
-                )
+                let nar_hash = Hash::new(HashAlgo::Sha256, &hs.sha256)?;
+                let ca_hash = match ca_hasher {
+                    Some(h) => h.finish(),
+                    None => nar_hash,
+                };
+                (ca_hash, nar_hash, hs.size)
             }
             ContentAddressMethod::Flat | ContentAddressMethod::Text => {
                 let ca_hash = write_flat(&tmp, data, algo)?;

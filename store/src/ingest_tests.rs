@@ -151,6 +151,59 @@ fn add_ca_nar_matches_cppnix() {
     );
 }
 
+/// A NAR content address reuses the NAR's SHA-256 when it is SHA-256 and is hashed on
+/// its own otherwise; an import checks either kind, through both entry points.
+#[test]
+fn nar_content_address_of_every_algorithm_is_checked() {
+    let nar = dir_nar("ca");
+    let sha1_of_nar = {
+        let mut h = nixnest_core::Hasher::new(HashAlgo::Sha1);
+        h.update(&nar);
+        h.finish()
+    };
+    for (algo, want) in [
+        (HashAlgo::Sha256, Hash::sha256(&nar)),
+        (HashAlgo::Sha1, sha1_of_nar),
+    ] {
+        let (_d, s) = new_store();
+        let tr = s.temp_roots_session();
+        let info = s
+            .add_to_store_ca(
+                "ca",
+                ContentAddressMethod::NixArchive,
+                algo,
+                &BTreeSet::new(),
+                &mut &nar[..],
+                false,
+                &tr,
+                &NullLogger,
+            )
+            .unwrap();
+        assert_eq!(info.nar_hash, Hash::sha256(&nar), "{algo:?}");
+        assert_eq!(info.ca.as_ref().unwrap().hash(), &want, "{algo:?}");
+
+        // The same path imported as a NAR into another store: accepted with its true
+        // content address, refused with a false one of the same algorithm.
+        let (_d2, other) = new_store_with(no_sigs);
+        let tr2 = other.temp_roots_session();
+        let mut lie = info.clone();
+        let mut wrong = nixnest_core::Hasher::new(algo);
+        wrong.update(b"not the nar");
+        lie.ca = Some(
+            nixnest_core::ContentAddress::new(ContentAddressMethod::NixArchive, wrong.finish())
+                .unwrap(),
+        );
+        let e = other
+            .add_to_store_nar(&lie, &mut &nar[..], false, true, &tr2, &NullLogger)
+            .unwrap_err();
+        assert!(matches!(e, Error::CaMismatch { .. }), "{algo:?}: {e}");
+        other
+            .add_to_store_nar(&info, &mut &nar[..], false, true, &tr2, &NullLogger)
+            .unwrap();
+        assert!(other.is_valid_path(&info.path).unwrap(), "{algo:?}");
+    }
+}
+
 #[test]
 fn add_flat_and_text() {
     let (_d, s) = new_store();
