@@ -8,14 +8,18 @@
 //!
 //! Concurrency: WAL lets readers run beside one writer. We keep one writer connection
 //! behind a mutex (so our own threads queue in-process instead of spinning in SQLite's busy
-//! handler) and a pool of reader connections. Every operation is retried on
+//! handler) and a pool of reader connections. At most [`READERS`] readers are open at a
+//! time: more threads than that cannot read faster (they share the CPUs) but would each
+//! open, set up and prepare statements on a fresh connection, so a thread that finds them
+//! all busy waits for one — for [`READER_WAIT`] at most, then it opens an extra one, so
+//! waiting can never turn into a deadlock. Every operation is retried on
 //! `SQLITE_BUSY`/`SQLITE_PROTOCOL` after a random 0–100 ms sleep — another process
 //! (root's CppNix) may hold the write lock — warning at most every 10 s. Write transactions
 //! start with `begin immediate`: taking the write lock up front means a transaction never
 //! has to upgrade a read snapshot, which in WAL mode fails with `SQLITE_BUSY` at once.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -71,8 +75,11 @@ create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
 /// How long between two "database is busy" warnings.
 const BUSY_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Idle reader connections kept for reuse.
-const MAX_IDLE_READERS: usize = 16;
+/// Reader connections kept open (busy or idle); see the module docs.
+pub const READERS: usize = 8;
+
+/// How long a read waits for a pooled reader before it opens an extra connection.
+pub const READER_WAIT: Duration = Duration::from_millis(50);
 
 /// Opens one connection and applies CppNix's setup. `create` allows creating the file.
 pub fn open_connection(path: &Path, create: bool, fsync: bool) -> Result<Connection> {
@@ -175,7 +182,22 @@ pub struct Db {
     path: PathBuf,
     fsync: bool,
     writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<ReaderPool>,
+    reader_returned: Condvar,
+}
+
+/// The reader connections: the idle ones, and how many pooled ones exist in all.
+#[derive(Default)]
+struct ReaderPool {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
+/// Where a read's connection came from, so it goes back to the right place.
+enum Reader {
+    Pooled(Connection),
+    Fresh,
+    Extra,
 }
 
 impl std::fmt::Debug for Db {
@@ -191,7 +213,8 @@ impl Db {
             path,
             fsync,
             writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(ReaderPool::default()),
+            reader_returned: Condvar::new(),
         }
     }
 
@@ -202,20 +225,58 @@ impl Db {
 
     /// Runs read-only work on a pooled connection (retried while busy).
     pub fn read<T>(&self, mut f: impl FnMut(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self
-            .readers
-            .lock()
-            .map_err(|_| poisoned())?
-            .pop()
-            .map(Ok)
-            .unwrap_or_else(|| open_connection(&self.path, false, self.fsync))?;
+        let (conn, pooled) = match self.take_reader()? {
+            Reader::Pooled(c) => (c, true),
+            Reader::Fresh => match open_connection(&self.path, false, self.fsync) {
+                Ok(c) => (c, true),
+                Err(e) => {
+                    self.forget_reader();
+                    return Err(e);
+                }
+            },
+            Reader::Extra => (open_connection(&self.path, false, self.fsync)?, false),
+        };
         let r = retry(&self.path, || f(&conn));
-        if let Ok(mut pool) = self.readers.lock()
-            && pool.len() < MAX_IDLE_READERS
-        {
-            pool.push(conn);
+        if pooled {
+            if let Ok(mut pool) = self.readers.lock() {
+                pool.idle.push(conn);
+            }
+            self.reader_returned.notify_one();
         }
         r
+    }
+
+    /// An idle pooled reader, or leave to open a pooled one (below [`READERS`]), or —
+    /// after waiting [`READER_WAIT`] for one to come back — leave to open an extra one.
+    fn take_reader(&self) -> Result<Reader> {
+        let mut pool = self.readers.lock().map_err(|_| poisoned())?;
+        let deadline = Instant::now() + READER_WAIT;
+        loop {
+            if let Some(c) = pool.idle.pop() {
+                return Ok(Reader::Pooled(c));
+            }
+            if pool.open < READERS {
+                pool.open += 1;
+                return Ok(Reader::Fresh);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Reader::Extra);
+            }
+            pool = self
+                .reader_returned
+                .wait_timeout(pool, deadline - now)
+                .map_err(|_| poisoned())?
+                .0;
+        }
+    }
+
+    /// A pooled reader that could not be opened: its place is free again.
+    fn forget_reader(&self) {
+        if let Ok(mut pool) = self.readers.lock() {
+            pool.open = pool.open.saturating_sub(1);
+        }
+        self.reader_returned.notify_one();
     }
 
     /// Runs `f` inside one write transaction (`begin immediate` … `commit`); on error the
@@ -281,6 +342,61 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(uv, 0);
+    }
+
+    fn test_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db.sqlite");
+        let c = open_connection(&p, true, true).unwrap();
+        create_schema(&c, &p).unwrap();
+        let db = Db::new(p.clone(), true, c);
+        (dir, db)
+    }
+
+    fn count_paths(c: &Connection) -> Result<i64> {
+        Ok(c.query_row("select count(*) from ValidPaths", [], |r| r.get(0))?)
+    }
+
+    /// Many threads reading at once share at most `READERS` pooled connections, and all
+    /// of them are idle again afterwards.
+    #[test]
+    fn readers_are_pooled_and_bounded() {
+        let (_dir, db) = test_db();
+        std::thread::scope(|s| {
+            for _ in 0..4 * READERS {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        assert_eq!(db.read(count_paths).unwrap(), 0);
+                    }
+                });
+            }
+        });
+        let pool = db.readers.lock().unwrap();
+        assert!(pool.open >= 1 && pool.open <= READERS, "{}", pool.open);
+        assert_eq!(pool.idle.len(), pool.open);
+    }
+
+    /// With every pooled reader held, a read (even one nested inside a held read) gets
+    /// an extra connection after `READER_WAIT` instead of waiting for ever.
+    #[test]
+    fn an_exhausted_pool_never_deadlocks() {
+        let (_dir, db) = test_db();
+        let barrier = std::sync::Barrier::new(READERS);
+        std::thread::scope(|s| {
+            for _ in 0..READERS {
+                s.spawn(|| {
+                    db.read(|c| {
+                        barrier.wait();
+                        let inner = db.read(count_paths)?;
+                        Ok(inner + count_paths(c)?)
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        let pool = db.readers.lock().unwrap();
+        assert_eq!(pool.open, READERS);
+        assert_eq!(pool.idle.len(), READERS, "extra connections are not kept");
     }
 
     #[test]
