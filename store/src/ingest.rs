@@ -184,6 +184,25 @@ impl LocalStore {
         Ok(lock)
     }
 
+    /// `path`'s lock, unless the path is already valid (`None`; never with `repair`).
+    /// Validity is checked before locking and again under the lock: another adder may
+    /// have finished the path while we waited.
+    fn lock_unless_valid(
+        &self,
+        path: &StorePath,
+        repair: bool,
+        logger: &dyn Logger,
+    ) -> Result<Option<PathLocks>> {
+        if !repair && self.is_valid_path(path)? {
+            return Ok(None);
+        }
+        let lock = self.lock_path(path, logger)?;
+        if !repair && self.is_valid_path(path)? {
+            return Ok(None);
+        }
+        Ok(Some(lock))
+    }
+
     /// Whether an import of `info` lacks the signatures `require-sigs` demands.
     pub fn path_info_is_untrusted(&self, info: &ValidPathInfo) -> bool {
         if !self.config.require_sigs || info.is_content_addressed(self.store_dir()) {
@@ -218,16 +237,10 @@ impl LocalStore {
         }
         self.check_references_valid(Some(&info.path), &info.references)?;
         roots.add(&printed)?;
-        if !repair && self.is_valid_path(&info.path)? {
+        let Some(lock) = self.lock_unless_valid(&info.path, repair, logger)? else {
             NarReader::new(nar).skip_to_end()?;
             return Ok(());
-        }
-        let mut lock = self.lock_path(&info.path, logger)?;
-        if !repair && self.is_valid_path(&info.path)? {
-            NarReader::new(nar).skip_to_end()?;
-            lock.set_deletion(true);
-            return Ok(());
-        }
+        };
 
         let tmp = self.temp_object_for(&info.path)?;
         // A second hasher only for a NAR content address with another algorithm.
@@ -298,14 +311,10 @@ impl LocalStore {
         }
         self.check_references_valid(Some(&info.path), &info.references)?;
         roots.add(&self.print(&info.path))?;
-        if self.is_valid_path(&info.path)? {
-            return Ok(());
+        match self.lock_unless_valid(&info.path, false, logger)? {
+            Some(lock) => self.finish_add(tmp, info, lock, logger),
+            None => Ok(()),
         }
-        let lock = self.lock_path(&info.path, logger)?;
-        if self.is_valid_path(&info.path)? {
-            return Ok(());
-        }
-        self.finish_add(tmp, info, lock, logger)
     }
 
     /// Canonicalise, move into place, optimise, register; undo the move on failure.
@@ -313,7 +322,8 @@ impl LocalStore {
         &self,
         tmp: TempObject<'_>,
         info: &ValidPathInfo,
-        mut lock: PathLocks,
+        // Held until the path is registered; `lock_path` already marked it for deletion.
+        _lock: PathLocks,
         logger: &dyn Logger,
     ) -> Result<()> {
         canonicalise::canonicalise_at(
@@ -342,7 +352,6 @@ impl LocalStore {
         }
         self.register_valid_paths(std::slice::from_ref(info))
             .map_err(undo)?;
-        lock.set_deletion(true);
         Ok(())
     }
 
@@ -410,13 +419,9 @@ impl LocalStore {
             .store_dir()
             .make_path_from_ca(name, &ca, references, false)?;
         roots.add(&self.print(&path))?;
-        if !repair && let Some(info) = self.query_path_info(&path)? {
-            return Ok(info);
-        }
-        let lock = self.lock_path(&path, logger)?;
-        if !repair && let Some(info) = self.query_path_info(&path)? {
-            return Ok(info);
-        }
+        let Some(lock) = self.lock_unless_valid(&path, repair, logger)? else {
+            return self.path_info(&path);
+        };
         let mut info = ValidPathInfo::new(path.clone(), nar_hash);
         info.nar_size = nar_size;
         info.references = references.clone();
@@ -446,13 +451,9 @@ impl LocalStore {
             .store_dir()
             .make_path_from_ca(name, &ca, references, false)?;
         roots.add(&self.print(&path))?;
-        if let Some(info) = self.query_path_info(&path)? {
-            return Ok(info);
-        }
-        let lock = self.lock_path(&path, logger)?;
-        if let Some(info) = self.query_path_info(&path)? {
-            return Ok(info);
-        }
+        let Some(lock) = self.lock_unless_valid(&path, false, logger)? else {
+            return self.path_info(&path);
+        };
         let tmp = self.temp_object_for(&path)?;
         let mut data = contents;
         write_flat(&tmp, &mut data, HashAlgo::Sha256)?;
