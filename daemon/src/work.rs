@@ -82,6 +82,7 @@ impl<R: AsyncRead + Unpin + Send> PayloadInput for nixnest_protocol::framed::Fra
     }
 }
 
+#[cfg(test)]
 impl PayloadInput for &[u8] {
     fn ends_by_itself(&self) -> bool {
         true
